@@ -1,0 +1,13 @@
+"""The MegaByte core: bytes in, next-byte distributions out. Knows nothing of media."""
+
+from .checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
+from .config import ConfigError, FlatConfig, MegaByteConfig, config_from_dict
+from .generate import Sampling, generate, generate_stream
+from .megabyte import FlatTransformer, MegaByte, build_model, next_byte_loss
+from .score import Scores, score
+
+__all__ = [
+    "CheckpointError", "ConfigError", "FlatConfig", "FlatTransformer", "MegaByte",
+    "MegaByteConfig", "Sampling", "Scores", "build_model", "config_from_dict", "generate",
+    "generate_stream", "load_checkpoint", "next_byte_loss", "read_config", "save_checkpoint", "score",
+]

@@ -1,0 +1,97 @@
+"""Per-byte surprisal and predictive entropy for inputs of any length."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Scores:
+    """surprisal[t] = -log2 p(x_t | past) and entropy[t] of that prediction, both in bits.
+    With `top` asked for, top_bytes/top_probs hold the model's most likely bytes at each t."""
+
+    surprisal: np.ndarray
+    entropy: np.ndarray
+    top_bytes: np.ndarray | None = None
+    top_probs: np.ndarray | None = None
+
+    @property
+    def bits_per_byte(self) -> float:
+        return float(self.surprisal.mean()) if len(self.surprisal) else 0.0
+
+
+def window_plan(n: int, window: int) -> list[tuple[int, int, int]]:
+    """(start, first_scored, end_scored) for each window over n bytes.
+
+    One window while the input fits. Beyond that, windows advance by half a window,
+    and each scores only its second half, so every byte after the first window is
+    predicted from at least half a window of context.
+    """
+    if n <= window:
+        return [(0, 0, n)]
+    half = window // 2
+    plan = [(0, 0, window)]
+    start = half
+    while plan[-1][2] < n:
+        plan.append((start, start + half, min(start + window, n)))
+        start += half
+    return plan
+
+
+@torch.no_grad()
+def score(
+    model,
+    data: bytes,
+    window: int | None = None,
+    batch: int = 4,
+    top: int = 0,
+    bf16: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Scores:
+    """Scores every byte of `data`; memory grows with batch·window, not with the input."""
+    p = model.patch_size
+    window = window or model.context
+    if window % (2 * p) or window > model.context:
+        raise ValueError(f"the scoring window must be a multiple of {2 * p} and at most {model.context}.")
+    n = len(data)
+    device = next(model.parameters()).device
+    x = torch.tensor(np.frombuffer(data, np.uint8))
+    surprisal = np.zeros(n, np.float32)
+    entropy = np.zeros(n, np.float32)
+    top_bytes = np.zeros((n, top), np.uint8) if top else None
+    top_probs = np.zeros((n, top), np.float32) if top else None
+    if n == 0:
+        return Scores(surprisal, entropy, top_bytes, top_probs)
+    plan = window_plan(n, window)
+    length = math.ceil(min(n, window) / p) * p
+    done = 0
+    for i in range(0, len(plan), batch):
+        group = plan[i : i + batch]
+        rows = torch.zeros(len(group), length, dtype=torch.long)
+        for r, (start, _, end) in enumerate(group):
+            rows[r, : end - start] = x[start:end]
+        rows = rows.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(rows)
+        logp = logits.float().log_softmax(-1)
+        bits = (-logp.gather(-1, rows[..., None])[..., 0] / math.log(2)).cpu().numpy()
+        ent = (-(logp.exp() * logp).sum(-1) / math.log(2)).cpu().numpy()
+        if top:
+            probs, idx = logp.exp().topk(top, dim=-1)
+            probs, idx = probs.cpu().numpy(), idx.cpu().numpy()
+        for r, (start, first, end) in enumerate(group):
+            a, b = first - start, end - start
+            surprisal[first:end] = bits[r, a:b]
+            entropy[first:end] = ent[r, a:b]
+            if top:
+                top_bytes[first:end] = idx[r, a:b]
+                top_probs[first:end] = probs[r, a:b]
+            done += end - first
+        if progress:
+            progress(done, n)
+    return Scores(surprisal, entropy, top_bytes, top_probs)
