@@ -57,7 +57,7 @@ def _section(cls, values: dict, name: str):
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            raise ConfigError(f"[{name}] {key} must be a {expected.__name__}, not {value!r}.")
+            raise ConfigError(f"[{name}] {key} must be of type {expected.__name__}, not {value!r}.")
     return cls(**values)
 
 

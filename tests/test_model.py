@@ -1,0 +1,215 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model import (
+    CheckpointError, ConfigError, FlatConfig, MegaByteConfig, Sampling, build_model,
+    config_from_dict, generate, generate_stream, load_checkpoint, next_byte_loss,
+    save_checkpoint, score,
+)
+from model.score import window_plan
+
+TINY = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=2, global_heads=2,
+                      local_dim=16, local_layers=2, local_heads=2, max_bytes=64)
+TINY_FLAT = FlatConfig(dim=32, layers=2, heads=2, max_bytes=64)
+
+
+def tiny(config=TINY, seed=0):
+    torch.manual_seed(seed)
+    return build_model(config).eval()
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), kind=st.sampled_from(["megabyte", "flat"]))
+def test_changing_a_byte_never_changes_earlier_predictions(data, kind):
+    model = tiny(TINY if kind == "megabyte" else TINY_FLAT)
+    x = torch.tensor(data.draw(st.lists(st.lists(st.integers(0, 255), min_size=32, max_size=32),
+                                        min_size=2, max_size=2)))
+    row = data.draw(st.integers(0, 1))
+    t = data.draw(st.integers(0, 31))
+    changed = x.clone()
+    changed[row, t] = (x[row, t] + data.draw(st.integers(1, 255))) % 256
+    with torch.no_grad():
+        before, after = model(x), model(changed)
+    assert torch.equal(before[1 - row], after[1 - row])  # other batch rows are untouched
+    assert torch.allclose(before[row, : t + 1], after[row, : t + 1], atol=1e-6)
+    if t < 31:
+        assert not torch.allclose(before[row, t + 1 :], after[row, t + 1 :])
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
+@pytest.mark.parametrize("prompt_len", [0, 1, 4, 6, 8, 11])
+def test_cached_decoding_matches_full_forward(config, prompt_len):
+    model = tiny(config)
+    x = torch.randint(0, 256, (3, 48))
+    with torch.no_grad():
+        full = model(x)
+        model.setup_cache(3)
+        got = [model.prefill(x[:, :prompt_len])]
+        for t in range(prompt_len, 47):
+            got.append(model.decode_one(x[:, t]))
+        model.clear_cache()
+    cached = torch.stack(got, 1)
+    assert (cached - full[:, prompt_len:]).abs().max() <= 1e-4
+
+
+def test_byte_zero_counts_in_the_loss():
+    model = tiny()
+    x = torch.zeros(1, 32, dtype=torch.long)
+    x[0, ::3] = 7
+    logits = model(x)
+    manual = -logits.log_softmax(-1).gather(-1, x[..., None]).mean()
+    assert torch.allclose(next_byte_loss(logits, x), manual)
+    # raising the probability of byte 0 where byte 0 follows must lower the loss
+    boosted = logits.detach().clone()
+    boosted[x == 0, 0] += 5.0
+    assert next_byte_loss(boosted, x) < next_byte_loss(logits.detach(), x)
+
+
+def test_tiny_model_overfits_one_sequence():
+    torch.manual_seed(0)
+    config = MegaByteConfig(patch_size=8, byte_dim=16, global_layers=2, global_heads=2,
+                            local_dim=64, local_layers=2, local_heads=2, max_bytes=512)
+    model = build_model(config)
+    x = torch.randint(0, 256, (1, 512))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = next_byte_loss(model(x), x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() / math.log(2) < 0.05:
+            break
+    model.eval()
+    with torch.no_grad():
+        assert next_byte_loss(model(x), x).item() / math.log(2) < 0.1
+
+
+def test_windowed_scoring_equals_single_passes_over_each_window():
+    model = tiny()
+    data = bytes(np.random.default_rng(0).integers(0, 256, 150, dtype=np.uint8))
+    windowed = score(model, data, window=32, batch=3)
+    for start, first, end in window_plan(len(data), 32):
+        single = score(model, data[start:end])
+        assert np.allclose(windowed.surprisal[first:end], single.surprisal[first - start :], atol=1e-5)
+        assert np.allclose(windowed.entropy[first:end], single.entropy[first - start :], atol=1e-5)
+    whole = score(model, data[:64])
+    assert np.allclose(score(model, data[:64], window=64).surprisal, whole.surprisal)
+
+
+def test_every_byte_after_the_first_window_sees_half_a_window():
+    for n in [1, 31, 32, 33, 100, 1000]:
+        plan = window_plan(n, 32)
+        covered = np.zeros(n, int)
+        for start, first, end in plan:
+            covered[first:end] += 1
+            assert start == 0 or first - start >= 16
+            assert end - start <= 32
+        assert (covered == 1).all()
+
+
+def test_scores_are_probabilities():
+    model = tiny()
+    s = score(model, b"hello world, hello bytes", top=3)
+    assert s.surprisal.shape == (24,) and (s.surprisal > 0).all()
+    assert (s.entropy <= 8 + 1e-4).all()
+    assert (s.top_probs[:, 0] >= s.top_probs[:, 1]).all()
+    assert (s.top_probs.sum(1) <= 1 + 1e-5).all()
+
+
+def test_same_seed_same_bytes_and_streaming_agrees():
+    model = tiny()
+    sampling = Sampling(temperature=0.9, top_k=50, top_p=0.95)
+    a = generate(model, b"abc", 40, samples=3, sampling=sampling, seed=7)
+    b = generate(model, b"abc", 40, samples=3, sampling=sampling, seed=7)
+    c = generate(model, b"abc", 40, samples=3, sampling=sampling, seed=8)
+    assert a == b and a != c and all(len(s) == 40 for s in a)
+    streamed = np.concatenate(list(generate_stream(model, b"abc", 40, 3, sampling, seed=7)), 1)
+    assert [row.tobytes() for row in streamed] == a
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
+def test_greedy_generation_follows_the_full_forward_pass_past_the_context(config):
+    model = tiny(config)
+    prompt = b"xyz!!"
+    out = generate(model, prompt, 150, sampling=Sampling(temperature=0))[0]
+    sequence = list(prompt)
+    keep = model.context // 2
+    window = list(prompt)
+    for byte in out:  # recompute each step from scratch, sliding exactly as documented
+        if len(window) >= model.context:
+            window = window[-keep:]
+        with torch.no_grad():
+            pad = (-(len(window) + 1)) % model.patch_size
+            logits = model(torch.tensor([window + [0] * (pad + 1)]))[0, len(window)]
+        assert logits.argmax().item() == byte
+        window.append(byte)
+        sequence.append(byte)
+
+
+def test_top_k_one_is_greedy():
+    model = tiny()
+    greedy = generate(model, b"q", 20, sampling=Sampling(temperature=0))
+    assert generate(model, b"q", 20, sampling=Sampling(temperature=1.0, top_k=1), seed=3) == greedy
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+    model = tiny()
+    save_checkpoint(tmp_path / "ck", model, {"modality": "text"}, card="# card\n")
+    loaded, layout = load_checkpoint(tmp_path / "ck")
+    assert layout == {"modality": "text"}
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary folder left
+
+
+def one_line_error(fn):
+    with pytest.raises(CheckpointError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_bad_checkpoints_give_one_clear_sentence(tmp_path):
+    folder = save_checkpoint(tmp_path / "ck", tiny())
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    assert "corrupt or truncated" in one_line_error(lambda: load_checkpoint(folder))
+    weights.write_bytes(b"not a safetensors file at all" * 10)
+    assert "corrupt or truncated" in one_line_error(lambda: load_checkpoint(folder))
+    weights.write_bytes(good)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["local_dim"] = 32
+    (folder / "config.json").write_text(json.dumps(config))
+    assert "shape" in one_line_error(lambda: load_checkpoint(folder))
+    config["model"]["local_layers"] = 1
+    config["model"]["local_dim"] = 16
+    (folder / "config.json").write_text(json.dumps(config))
+    assert "does not know" in one_line_error(lambda: load_checkpoint(folder))
+    (folder / "config.json").write_text("{not json")
+    assert "not valid JSON" in one_line_error(lambda: load_checkpoint(folder))
+    assert "no such directory" in one_line_error(lambda: load_checkpoint(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"max_bytes": 102}, "multiple of patch_size"),
+    ({"global_heads": 3}, "does not divide"),
+    ({"local_heads": 5}, "does not divide"),
+    ({"patch_size": 0}, "positive integer"),
+    ({"flavour": 1}, "unknown"),
+])
+def test_config_mistakes_give_one_sentence(fields, words):
+    with pytest.raises(ConfigError, match=words):
+        config_from_dict({**TINY.to_dict(), **fields})
+
+
+def test_configs_round_trip_through_json():
+    for config in (TINY, TINY_FLAT):
+        assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
