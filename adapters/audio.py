@@ -1,0 +1,112 @@
+"""Audio ⇄ bytes: mono, 8-bit µ-law (one byte per sample) at the layout's sample rate."""
+
+import io
+
+import numpy as np
+import soundfile as sf
+
+from .common import AdapterError, read_source
+from .layout import Layout
+
+MU = 255
+ZERO_CROSSINGS = 16  # half-width of the resampling filter, in sinc lobes: sharper cut-off, more work
+CHUNK = 8192  # output samples resampled at once, to bound memory
+UNREADABLE = "The audio file is corrupt, truncated or in an unsupported format."
+
+
+def load(source, layout: Layout, max_seconds: float | None = None) -> np.ndarray:
+    """Float32 mono samples in [-1, 1] at layout.sample_rate, from a path, bytes or a binary
+    file object (wav, flac, ogg, ... as libsndfile reads them); at most max_seconds long."""
+    _require_audio(layout)
+    if max_seconds is not None and not max_seconds > 0:
+        raise AdapterError(f"max_seconds must be positive, not {max_seconds}.")
+    data = read_source(source)
+    if _cut_short(data):
+        raise AdapterError(UNREADABLE)
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            wanted = f.frames if max_seconds is None else min(f.frames, int(max_seconds * f.samplerate))
+            frames = f.read(wanted, dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except (sf.SoundFileError, RuntimeError):
+        raise AdapterError(UNREADABLE) from None
+    if len(frames) < wanted:  # e.g. a FLAC cut between frames: fewer samples than its header promises
+        raise AdapterError(UNREADABLE)
+    if not len(frames):
+        raise AdapterError("The audio file has no samples.")
+    return _clean(_resample(frames.mean(axis=1), rate, layout.sample_rate)).astype(np.float32)
+
+
+def encode(samples: np.ndarray, layout: Layout) -> bytes:
+    """µ-law (mu=255): one byte per sample, code 0 for -1 and 255 for +1."""
+    _require_audio(layout)
+    x = _clean(samples)
+    compressed = np.log1p(MU * np.abs(x)) / np.log1p(MU) * np.sign(x)
+    return np.round((compressed + 1) / 2 * 255).astype(np.uint8).tobytes()
+
+
+def decode(data: bytes, layout: Layout) -> np.ndarray:
+    """Int16 PCM at layout.sample_rate, one sample per byte."""
+    _require_audio(layout)
+    compressed = np.frombuffer(data, dtype=np.uint8) / 255 * 2 - 1
+    samples = np.expm1(np.abs(compressed) * np.log1p(MU)) / MU * np.sign(compressed)
+    return np.round(samples * 32767).astype(np.int16)
+
+
+def to_wav_bytes(pcm_int16: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, pcm_int16, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def write(path, pcm_int16: np.ndarray, rate: int) -> None:
+    """Write 16-bit PCM; the format follows the file extension (.wav, .flac, ...)."""
+    try:
+        sf.write(path, pcm_int16, rate, subtype="PCM_16")
+    except (TypeError, ValueError, sf.SoundFileError) as e:
+        raise AdapterError(f"Cannot write audio to {path} ({e}).") from None
+
+
+def seconds_to_bytes(seconds: float, layout: Layout) -> int:
+    _require_audio(layout)
+    return round(seconds * layout.sample_rate)
+
+
+def _require_audio(layout):
+    if layout.modality != "audio":
+        raise AdapterError(f"This needs an audio layout, not a {layout.modality} one.")
+
+
+def _clean(samples) -> np.ndarray:
+    return np.clip(np.nan_to_num(np.asarray(samples, dtype=np.float64)), -1, 1)
+
+
+def _cut_short(data: bytes) -> bool:
+    """libsndfile quietly reads what is left of a cut WAV or Ogg file, so check their framing."""
+    if data[:4] == b"RIFF":
+        riff_size = int.from_bytes(data[4:8], "little")
+        return riff_size not in (0, 0xFFFFFFFF) and len(data) < riff_size + 8  # streamed WAVs leave 0 or ~0
+    if data[:4] == b"OggS":
+        last_page = data.rfind(b"OggS")
+        return len(data) < last_page + 27 or not data[last_page + 5] & 0x04  # last page flags end of stream
+    return False
+
+
+def _resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Band-limited resampling: each output sample is a Hann-windowed sinc interpolation of
+    the input, low-passed below the lower of the two Nyquist frequencies."""
+    if src_rate == dst_rate:
+        return x
+    step = src_rate / dst_rate  # input samples per output sample
+    cutoff = min(1.0, 1 / step)  # as a fraction of the input's Nyquist frequency
+    half_width = int(np.ceil(ZERO_CROSSINGS / cutoff))
+    padded = np.pad(x.astype(np.float64), half_width)
+    taps = np.arange(-half_width + 1, half_width + 1)
+    out = np.empty(int(round(len(x) / step)))
+    for start in range(0, len(out), CHUNK):
+        t = np.arange(start, min(start + CHUNK, len(out))) * step  # output times, in input samples
+        index = np.floor(t).astype(np.int64)[:, None] + taps
+        distance = t[:, None] - index
+        weights = cutoff * np.sinc(cutoff * distance) * (0.5 + 0.5 * np.cos(np.pi * distance / half_width))
+        out[start : start + len(t)] = (padded[index + half_width] * weights).sum(axis=1)
+    return out
