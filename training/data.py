@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     img.add_argument("--order", choices=["raster", "patch"], default="raster",
                      help="byte order of each crop: raster (rows, pixels, RGB) or patch scan "
                           "(default: raster; patch writes to data/image_patch by default)")
+    img.add_argument("--patch-size", type=int, default=16,
+                     help="the model's patch size, which sets the patch-scan block (default: 16)")
     img.add_argument("--crops", type=int, default=None,
                      help="number of training crops (default: 60000; 600 with --tiny)")
     sub.add_parser("audio", parents=[common],
@@ -81,9 +83,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _summary(manifest: dict, out: Path, seconds: float) -> str:
-    parts = [f"{name}: {info['bytes']:,} bytes from {info['files']:,} "
-             f"{'examples' if manifest.get('modality') == 'image' else 'files'}"
-             for name, info in manifest["splits"].items()]
+    parts = []
+    for name, info in manifest["splits"].items():
+        what = f"{info['files']:,} files"
+        if "examples" in info:
+            what = f"{info['examples']:,} examples from {info['files']:,} photos"
+        elif "seconds" in info:
+            what = f"{info['seconds'] / 60:.1f} min from {info['files']:,} files"
+        parts.append(f"{name}: {info['bytes']:,} bytes ({what})")
     return f"wrote {out} in {seconds:.0f} s; " + "; ".join(parts)
 
 
@@ -102,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "text":
             manifest = build_text(out, **kw)
         elif kind == "image":
-            manifest = build_image(out, order=args.order, crops=args.crops, **kw)
+            manifest = build_image(out, order=args.order, patch_size=args.patch_size,
+                                   crops=args.crops, **kw)
         else:
             manifest = build_audio(out, **kw)
     except DataError as exc:
