@@ -177,7 +177,6 @@ def test_audio_fallback_mu_law_matches_the_adapter():
     assert mu_law(x) == audio.encode(x, Layout(modality="audio", sample_rate=8000))
 
 
-@pytest.mark.slow
 def test_image_recipe_tiny_end_to_end(tmp_path):
     """Downloads scikit-image's wheel (about 14 MB) from PyPI."""
     from training.recipes.image import build_image
@@ -191,7 +190,6 @@ def test_image_recipe_tiny_end_to_end(tmp_path):
     assert "skimage/coffee.png" in val          # demo photos are never trained on
 
 
-@pytest.mark.slow
 def test_audio_recipe_tiny_end_to_end(tmp_path):
     """Downloads two Debian packages (about 60 MB)."""
     from training.recipes.audio import build_audio

@@ -279,7 +279,8 @@ def build_audio(out: Path | str = "data/audio", *, tiny: bool = False, seed: int
     extra = [f"val_{k}" for k in ("music", "speech") if any(kind[c.source] == k for c in val)]
     splits = ["train", "val"] + extra
     files: dict[str, list[dict]] = {s: [] for s in splits}
-    skipped: list[str] = []
+    skipped: list[str] = []          # silent files
+    unreadable: list[dict] = []      # files the decoder refused (a few are tolerated)
     used_bytes: dict[tuple[str, str], int] = {}
     used_files: dict[tuple[str, str], int] = {}
     seconds_total = sum(min(c.seconds, TINY_MAX_SECONDS) if tiny else c.seconds for c in train + val)
@@ -303,19 +304,28 @@ def build_audio(out: Path | str = "data/audio", *, tiny: bool = False, seed: int
             used_bytes[key] = used_bytes.get(key, 0) + len(data)
             used_files[key] = used_files.get(key, 0) + 1
 
-        for clip in seeded_shuffle(train, seed, "train-order"):     # mix sources
-            data = codec(clip.path)
+        def decode(clip):
+            try:
+                data = codec(clip.path)
+            except DataError as exc:
+                unreadable.append({"path": clip.name, "why": str(exc).split(": ", 1)[-1]})
+                if len(unreadable) > max(3, 0.05 * len(train + val)):
+                    raise DataError(f"Too many audio files could not be decoded; the last: {exc}") from None
+                data = None
             advance(clip)
-            if not data:
+            if data is not None and not data:
                 skipped.append(clip.name)
+            return data or None
+
+        for clip in seeded_shuffle(train, seed, "train-order"):     # mix sources
+            data = decode(clip)
+            if data is None:
                 continue
             put(["train"], clip, data)
             record("train", clip, data)
         for clip in sorted(val, key=lambda c: (kind[c.source] != "music", c.name)):
-            data = codec(clip.path)
-            advance(clip)
-            if not data:
-                skipped.append(clip.name)
+            data = decode(clip)
+            if data is None:
                 continue
             put(["val", f"val_{kind[clip.source]}"], clip, data)
             record("val", clip, data)
@@ -342,10 +352,11 @@ def build_audio(out: Path | str = "data/audio", *, tiny: bool = False, seed: int
                            "val": used_files.get((src.name, "val"), 0)},
                  "bytes": {"train": used_bytes.get((src.name, "train"), 0),
                            "val": used_bytes.get((src.name, "val"), 0)},
-                 "validation_files": [c.name for c in va if c.name not in skipped]}
+                 "validation_files": [f["path"] for f in files["val"] if f["source"] == src.name]}
                 for src, tr, va in report
             ],
             "skipped_silent": skipped,
+            "skipped_unreadable": unreadable,
             "excluded_from_training": {
                 "demo assets (in validation)": [c.name for c in val if c.forced_val],
                 "not used (licence)": ["sonic-pi/loop_amen*", "sonic-pi/loop_breakbeat*"]},
