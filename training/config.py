@@ -28,7 +28,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    bf16: bool = True
+    bf16: bool = False            # bf16 autocast: for CUDA and CPUs with AVX512-BF16 or AMX
     compile: bool = False
     eval_every: int = 200
     eval_windows: int = 64

@@ -104,9 +104,20 @@ def machine_description(device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def data_summary(data_dir) -> str:
+    """One Markdown line per source of the data manifest: package, licence, files, bytes."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        return "(no manifest)\n"
+    manifest = json.loads(path.read_text())
+    lines = [f"- {s['name']}: {s['package']}, licence {s['licence']}; "
+             f"files train/val {s['files']['train']}/{s['files']['val']}, "
+             f"bytes train/val {s['bytes']['train']:,}/{s['bytes']['val']:,}."
+             for s in manifest.get("sources", [])]
+    return "\n".join(lines) + f"\n\nMade by `{manifest.get('command', 'python -m training.data')}`.\n"
+
+
 def model_card(cfg: RunConfig, trainer: dict, argv: list[str], device) -> str:
-    manifest = Path(cfg.data.dir) / "manifest.json"
-    sources = manifest.read_text() if manifest.is_file() else "(no manifest)"
     params = trainer.get("parameters", 0)
     return (
         f"# {cfg.layout.get('modality', 'bytes')} model\n\n"
@@ -115,7 +126,7 @@ def model_card(cfg: RunConfig, trainer: dict, argv: list[str], device) -> str:
         f"{trainer['seconds'] / 60:.1f} minutes on {machine_description(device)}.\n"
         f"- Validation bits per byte (held-out files): {trainer.get('val_bpb', float('nan')):.4f}.\n"
         f"- Command: `{' '.join(argv)}`\n\n"
-        f"## Data\n\n```json\n{sources}\n```\n"
+        f"## Data\n\n{data_summary(cfg.data.dir)}"
     )
 
 
