@@ -3,11 +3,11 @@
 from .checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
 from .config import ConfigError, FlatConfig, MegaByteConfig, config_from_dict
 from .generate import Sampling, generate, generate_stream
-from .megabyte import FlatTransformer, MegaByte, build_model, next_byte_loss
+from .megabyte import FlatTransformer, MegaByte, build_model, compile_decoding, next_byte_loss
 from .score import Scores, score
 
 __all__ = [
     "CheckpointError", "ConfigError", "FlatConfig", "FlatTransformer", "MegaByte",
-    "MegaByteConfig", "Sampling", "Scores", "build_model", "config_from_dict", "generate",
+    "MegaByteConfig", "Sampling", "Scores", "build_model", "compile_decoding", "config_from_dict", "generate",
     "generate_stream", "load_checkpoint", "next_byte_loss", "read_config", "save_checkpoint", "score",
 ]

@@ -39,12 +39,14 @@ def sample(logits: torch.Tensor, sampling: Sampling, uniform: torch.Tensor) -> t
     if sampling.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / sampling.temperature
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-7)))
+    if sampling.top_k == 0 and sampling.top_p == 1:  # nothing to cut: skip the sort
+        return (logits + gumbel).argmax(-1)
     sorted_logits, order = logits.sort(-1, descending=True)
     probs = sorted_logits.softmax(-1)
     keep = (probs.cumsum(-1) - probs) < sampling.top_p  # the most likely byte is always kept
     if sampling.top_k:
         keep[:, sampling.top_k :] = False
-    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-7)))
     choice = (sorted_logits.masked_fill(~keep, float("-inf")) + gumbel).argmax(-1)
     return order.gather(-1, choice[:, None])[:, 0]
 

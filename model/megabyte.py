@@ -40,6 +40,8 @@ class MegaByte(nn.Module):
         init_weights(self)
         nn.init.normal_(self.global_pad, std=0.02)
         nn.init.normal_(self.local_pad, std=0.02)
+        # decode_one's two steps; compile_decoding swaps in compiled versions
+        self.decode_global, self.decode_local = self.global_step, self.local_step
 
     def embed_patches(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         """Bytes (B, k·P) at absolute positions start.. -> patch embeddings (B, k, P·D_G)."""
@@ -109,12 +111,12 @@ class MegaByte(nn.Module):
         if inside == p - 1:  # the patch is complete: one global step opens the next patch
             global_in = self.embed_patches(self._patch, self._length - p)
             patch_index = torch.tensor([self._length // p], device=device)
-            self._from_global = self.global_step(global_in, patch_index)
+            self._from_global = self.decode_global(global_in, patch_index)
             local_in = self.local_pad.expand(byte.shape[0], 1, -1)
             position = torch.zeros(1, dtype=torch.long, device=device)
-            return self.local_step(local_in + self._from_global[:, None, 0], position)
+            return self.decode_local(local_in + self._from_global[:, None, 0], position)
         local_in = self.local_embed(byte.long())[:, None] + self._from_global[:, None, inside + 1]
-        return self.local_step(local_in, torch.tensor([inside + 1], device=device))
+        return self.decode_local(local_in, torch.tensor([inside + 1], device=device))
 
 
 class FlatTransformer(nn.Module):
@@ -132,6 +134,7 @@ class FlatTransformer(nn.Module):
         self.head = nn.Linear(config.dim, 256)
         init_weights(self)
         nn.init.normal_(self.start, std=0.02)
+        self.decode_step = self.step  # compile_decoding swaps in a compiled version
 
     def embed(self, x: torch.Tensor, start: int, with_start: bool) -> torch.Tensor:
         """Input embeddings at positions start..: the start token first if asked, then bytes."""
@@ -163,7 +166,20 @@ class FlatTransformer(nn.Module):
     def decode_one(self, byte: torch.Tensor) -> torch.Tensor:
         self._length += 1
         h = self.embed(byte[:, None], self._length, with_start=False)
-        return self.step(h, torch.tensor([self._length], device=byte.device))
+        return self.decode_step(h, torch.tensor([self._length], device=byte.device))
+
+
+def compile_decoding(model: nn.Module) -> nn.Module:
+    """Compiles the per-byte decoding steps (the hot loop of generation) with torch.compile.
+
+    The prompt's prefill stays eager, so prompts of any length do not recompile.
+    The first generation after this pays the compile time (tens of seconds on a CPU)."""
+    if isinstance(model, MegaByte):
+        model.decode_global = torch.compile(model.global_step, dynamic=False)
+        model.decode_local = torch.compile(model.local_step, dynamic=False)
+    else:
+        model.decode_step = torch.compile(model.step, dynamic=False)
+    return model
 
 
 def build_model(config: MegaByteConfig | FlatConfig) -> nn.Module:

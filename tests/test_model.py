@@ -213,3 +213,14 @@ def test_config_mistakes_give_one_sentence(fields, words):
 def test_configs_round_trip_through_json():
     for config in (TINY, TINY_FLAT):
         assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
+def test_compiled_decoding_gives_the_same_bytes(config):
+    from model import compile_decoding
+
+    sampling = Sampling(temperature=0.8, top_k=20)
+    eager = generate(tiny(config), b"compile me", 24, samples=2, sampling=sampling, seed=5)
+    compiled = generate(compile_decoding(tiny(config)), b"compile me", 24, samples=2, sampling=sampling, seed=5)
+    assert compiled == eager
