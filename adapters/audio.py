@@ -87,9 +87,24 @@ def _cut_short(data: bytes) -> bool:
         riff_size = int.from_bytes(data[4:8], "little")
         return riff_size not in (0, 0xFFFFFFFF) and len(data) < riff_size + 8  # streamed WAVs leave 0 or ~0
     if data[:4] == b"OggS":
-        last_page = data.rfind(b"OggS")
-        return len(data) < last_page + 27 or not data[last_page + 5] & 0x04  # last page flags end of stream
+        return _ogg_pages_end(data) > len(data)
     return False
+
+
+def _ogg_pages_end(data: bytes) -> int:
+    """Where the Ogg pages end, walking them from the start: past len(data) when the last is cut.
+
+    The end-of-stream flag is no proof of a whole file: some encoders (e.g. Tux Paint's
+    clips) never set it, and libsndfile decodes them completely all the same.
+    """
+    end = 0
+    while data[end : end + 4] == b"OggS":
+        table = end + 27  # a page: 27 header bytes, a table of segment lengths, the segments
+        if len(data) < table:
+            return table
+        count = data[end + 26]
+        end = table + count + sum(data[table : table + count])
+    return end
 
 
 def _resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
