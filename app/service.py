@@ -114,3 +114,13 @@ def continue_bytes(model, prompt: bytes, new_bytes: int, samples: int, how: Samp
 def collect(stream) -> list[bytes]:
     parts = list(stream)
     return [row.tobytes() for row in np.concatenate(parts, axis=1)] if parts else []
+
+
+def load_for(modality: str, checkpoint: str | Path) -> tuple[torch.nn.Module, Layout]:
+    """A checkpoint's model and layout, refused unless it was trained on `modality`'s bytes
+    (text and raw bytes share checkpoints)."""
+    model, layout = load(checkpoint)
+    readable = {"text", "bytes"} if modality in ("text", "bytes") else {modality}
+    if layout.modality not in readable:
+        raise UserError(f"The checkpoint {checkpoint} was trained on {layout.modality}, not {modality}.")
+    return model, layout

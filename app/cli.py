@@ -1,0 +1,299 @@
+"""The command line: how surprised a model is by a file, and what it makes of a prompt.
+
+    python -m app.cli score assets/text/genesis.txt --modality text
+    python -m app.cli score assets/images/astronaut.png --modality image --json
+    python -m app.cli generate text --prompt "In the beginning" --bytes 200
+    python -m app.cli generate image assets/images/coffee.png --rows 16 --samples 4
+    python -m app.cli generate audio assets/audio/ambi_piano.flac --prompt-seconds 1 --seconds 2
+
+Every mistake a user can make ends in one line on stderr, "error: ...", and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+import adapters
+from app import service
+from app.service import UserError
+
+SPOTS = 3  # how many of the most surprising places the summary names
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, reporting a mistake in one line like every other error here."""
+
+    def error(self, message):
+        fail(message, status=2)
+
+
+def fail(message: str, status: int = 1):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def seed_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:  # what torch's generator takes
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63-1, not {text}")
+    return value
+
+
+def progress_bar(total: int, what: str) -> tqdm:
+    """A bar on stderr that shows only once the work has taken a second, so quick runs stay quiet."""
+    return tqdm(total=total, desc=what, unit="B", unit_scale=True, file=sys.stderr, delay=1)
+
+
+# score
+
+
+def score(args):
+    folder = checkpoint_folder(args, args.modality)
+    model, layout = service.load_for(args.modality, folder)
+    data = service.encode_file(args.file, layout)
+    with progress_bar(len(data), "scoring") as bar:
+        result = service.score_bytes(model, data, progress=lambda done, _total: bar.update(done - bar.n))
+    compressors = result.compressor_bits_per_byte()
+    if args.json:
+        report = {
+            "file": str(args.file),
+            "modality": args.modality,
+            "checkpoint": str(folder),
+            "bytes": len(data),
+            "bits_per_byte": round(result.bits_per_byte, 4),
+            "seconds": round(result.seconds, 4),
+            "gzip_bits_per_byte": round(compressors["gzip -9"], 4),
+            "xz_bits_per_byte": round(compressors["xz -9e"], 4),
+            "patch_size": model.patch_size,
+        }
+        if args.per_byte:
+            surprisal = result.scores.surprisal.astype(np.float64)  # float32 would print as 7.8470001220703125
+            report["surprisal"] = np.round(surprisal, 3).tolist()
+            report["patch_surprisal"] = np.round(patch_means(surprisal, model.patch_size), 3).tolist()
+        print(json.dumps(report))
+        return
+    print(f"{args.file}: {len(data):,} bytes as {args.modality}, scored by {folder} in {result.seconds:.1f} s")
+    for name, bits in {"model": result.bits_per_byte, **compressors}.items():
+        print(f"  {name:<8} {bits:6.3f} bits per byte")
+    print("most surprising:")
+    for spot in surprising_spots(data, result.scores.surprisal, layout, model.patch_size):
+        print(f"  {spot}")
+
+
+def patch_means(surprisal: np.ndarray, patch_size: int) -> np.ndarray:
+    """Mean surprisal of each model patch (the last one may be short)."""
+    starts = np.arange(0, len(surprisal), patch_size)
+    return np.add.reduceat(surprisal, starts) / np.diff(np.append(starts, len(surprisal)))
+
+
+def surprising_spots(data: bytes, surprisal: np.ndarray, layout, patch_size: int) -> list[str]:
+    """The places the model least expected, most surprising first: pixels for an image
+    (its three bytes together), model patches for everything else."""
+    if layout.modality == "image":
+        per_pixel = adapters.image.surprisal_map(surprisal, layout)
+        top = np.argsort(per_pixel, axis=None)[::-1][:SPOTS]
+        return [f"pixel at row {row}, column {column}: {per_pixel[row, column]:.1f} bits"
+                for row, column in zip(*np.unravel_index(top, per_pixel.shape))]
+    means = patch_means(surprisal, patch_size)
+    spots = []
+    for patch in np.argsort(means)[::-1][:SPOTS]:
+        start, end = patch * patch_size, min((patch + 1) * patch_size, len(data))
+        if layout.modality == "audio":
+            where = f"at {start / layout.sample_rate:.3f} s"
+        else:
+            where = f"bytes {start:,}-{end - 1:,} {adapters.text.decode(data[start:end])!r}"
+        spots.append(f"{where}: {means[patch]:.1f} bits per byte")
+    return spots
+
+
+# generate
+
+
+def generate_text(args):
+    model, layout = load_checkpoint(args, "text")
+    if args.prompt_file:
+        prompt = service.encode_file(args.prompt_file, layout)
+    else:
+        prompt = adapters.text.encode(args.prompt)
+    texts = continue_prompt(model, prompt, args.bytes, args)
+    if args.out:
+        save_all(args.out, texts)
+        return
+    for number, text in enumerate(texts, 1):
+        if len(texts) > 1:
+            print(f"--- sample {number} ---")
+        print(adapters.text.decode(text))
+
+
+def generate_image(args):
+    model, layout = load_checkpoint(args, "image")
+    size, side = layout.image_size, layout.block_side
+    rows = size // 2 if args.rows is None else args.rows
+    if not 0 <= rows <= size - side:  # in patch-scan order rows round up to whole blocks
+        raise UserError(f"--rows must be between 0 and {size - side} for this {size}x{size} model, not {rows}.")
+    pixels = service.encode_file(args.file, layout)
+    prompt = pixels[: adapters.image.prefix_bytes(rows, layout)]
+    images = continue_prompt(model, prompt, layout.bytes_per_image - len(prompt), args)
+    save_all(args.out, [png_bytes(adapters.image.decode(image, layout)) for image in images])
+
+
+def generate_audio(args):
+    model, layout = load_checkpoint(args, "audio")
+    prompt = service.encode_file(args.file, layout, max_audio_seconds=args.prompt_seconds)
+    new_bytes = adapters.audio.seconds_to_bytes(args.seconds, layout)
+    clips = continue_prompt(model, prompt, new_bytes, args)
+    save_all(args.out, [adapters.audio.to_wav_bytes(adapters.audio.decode(clip, layout), layout.sample_rate)
+                        for clip in clips])
+
+
+def checkpoint_folder(args, modality: str) -> Path:
+    return args.checkpoint or service.default_checkpoint(modality)
+
+
+def load_checkpoint(args, modality: str):
+    return service.load_for(modality, checkpoint_folder(args, modality))
+
+
+def continue_prompt(model, prompt: bytes, new_bytes: int, args) -> list[bytes]:
+    """The prompt followed by each sample's new bytes."""
+    how = service.sampling(args.temperature, args.top_k, args.top_p)
+    stream = service.continue_bytes(model, prompt, new_bytes, args.samples, how, args.seed)
+    with progress_bar(new_bytes, "generating") as bar:
+        parts = []
+        for part in stream:
+            parts.append(part)
+            bar.update(part.shape[1])
+    return [prompt + continuation for continuation in service.collect(parts)]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_all(out: Path, contents: list[bytes]):
+    """One sample goes to `out`; several go to out_1, out_2, ... beside it."""
+    if len(contents) == 1:
+        save(out, contents[0])
+        return
+    for number, content in enumerate(contents, 1):
+        save(out.with_name(f"{out.stem}_{number}{out.suffix}"), content)
+
+
+def save(path: Path, content: bytes):
+    """Written under a temporary name and renamed, so an interrupted run leaves no half file."""
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        temporary.write_bytes(content)
+        os.replace(temporary, path)
+    except OSError as e:
+        raise UserError(f"Cannot write {path} ({e.strerror}).") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+# the parser
+
+
+def build_parser() -> Parser:
+    checkpoint = Parser(add_help=False)
+    checkpoint.add_argument("--checkpoint", type=Path, metavar="DIR",
+                            help="checkpoint folder (default: the shipped one for the modality, under checkpoints/)")
+
+    parser = Parser(prog="python -m app.cli", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{score,generate}")
+
+    score_parser = commands.add_parser(
+        "score", parents=[checkpoint], help="how surprised the model is by every byte of a file",
+        description="Per-byte surprisal of FILE as the modality's adapter encodes it: text and bytes as the "
+                    "file's raw bytes, an image as its RGB pixels at the checkpoint's size, audio as 8-bit "
+                    "µ-law at the checkpoint's rate. Compared with gzip -9 and xz -9e on the same bytes.")
+    score_parser.add_argument("file", type=Path, metavar="FILE")
+    score_parser.add_argument("--modality", required=True, choices=service.MODALITIES)
+    score_parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    score_parser.add_argument("--per-byte", action="store_true",
+                              help="with --json, add the surprisal of every byte and the mean of every patch, in bits")
+    score_parser.set_defaults(run=score)
+
+    sampling = Parser(add_help=False, parents=[checkpoint])
+    sampling.add_argument("--seed", type=seed_number, default=0, help="the same seed gives the same output (default: 0)")
+    sampling.add_argument("--temperature", type=float, default=1.0, metavar="T",
+                          help="0 picks the likeliest byte, higher is wilder, at most 10 (default: 1)")
+    sampling.add_argument("--top-k", type=int, default=0, metavar="K",
+                          help="draw among the K likeliest bytes; 0 keeps all (default: 0)")
+    sampling.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                          help="draw among the likeliest bytes that together make up probability P (default: 1, all)")
+    sampling.add_argument("--samples", type=int, default=1, metavar="N",
+                          help="how many outputs, 1 to 8 (default: 1); several are written to OUT_1, OUT_2, ... "
+                               "beside OUT (printed text comes one after another)")
+
+    generate_parser = commands.add_parser("generate", help="continue a text, an image or an audio clip",
+                                          description="Continue a prompt with the model.")
+    kinds = generate_parser.add_subparsers(dest="kind", required=True, metavar="{text,image,audio}")
+
+    text = kinds.add_parser("text", parents=[sampling], help="continue a text",
+                            description="Continue a text prompt; prints the prompt and its continuation, "
+                                        "or writes them to --out.")
+    prompt = text.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", metavar="TEXT", help="the text to continue")
+    prompt.add_argument("--prompt-file", type=Path, metavar="FILE", help="a file whose bytes are the prompt")
+    text.add_argument("--bytes", type=int, default=256, metavar="N", help="how many bytes to add (default: 256)")
+    text.add_argument("--out", type=Path, help="write prompt and continuation to this file instead of printing")
+    text.set_defaults(run=generate_text)
+
+    image = kinds.add_parser("image", parents=[sampling], help="complete an image from its top rows",
+                             description="Keep the top rows of FILE (at the checkpoint's size) and let the "
+                                         "model paint the rest; writes a PNG of the checkpoint's size.")
+    image.add_argument("file", type=Path, metavar="FILE")
+    image.add_argument("--rows", type=int, metavar="K",
+                       help="pixel rows to keep (default: half); in patch-scan order they round up to whole blocks")
+    image.add_argument("--out", type=Path, default=Path("completion.png"), help="PNG to write (default: completion.png)")
+    image.set_defaults(run=generate_image)
+
+    audio = kinds.add_parser("audio", parents=[sampling], help="continue an audio clip",
+                             description="Take the start of FILE (wav, flac, ogg) as the prompt and continue it; "
+                                         "writes a WAV of prompt and continuation at the checkpoint's rate.")
+    audio.add_argument("file", type=Path, metavar="FILE")
+    audio.add_argument("--prompt-seconds", type=positive_seconds, default=1.0, metavar="S",
+                       help="how much of the clip's start to keep (default: 1)")
+    audio.add_argument("--seconds", type=positive_seconds, default=1.0, metavar="S",
+                       help="how much to add (default: 1)")
+    audio.add_argument("--out", type=Path, default=Path("continuation.wav"),
+                       help="WAV to write (default: continuation.wav)")
+    audio.set_defaults(run=generate_audio)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted.", status=130)
+    except BrokenPipeError:  # piped into e.g. head, which has read all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush fails quietly
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The command line as a user runs it, on the demo assets, with tiny random checkpoints.
+
+Successful runs go through a real `python -m app.cli` process; the many ways to get
+an input wrong go through main() in this process, which is the same code and much
+quicker than starting torch again for each.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from adapters import Layout, audio, image
+from app import cli
+from model import MegaByteConfig, build_model, save_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+LAYOUTS = {
+    "text": Layout("text"),
+    "image": Layout("image", image_size=32, patch_size=4),
+    "audio": Layout("audio", sample_rate=8000),
+}
+TINY = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=1, global_heads=1,
+                      local_dim=16, local_layers=1, local_heads=1, max_bytes=4096)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """One untrained model per modality: the command line only needs the layouts to be right."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    for name, layout in LAYOUTS.items():
+        save_checkpoint(folder / name, build_model(TINY), layout.to_dict())
+    return folder
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    # One torch thread: on a machine busy with training, a pool of threads waiting on each other crawls.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "app.cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def succeeds(*args) -> str:
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stdout
+
+
+def audio_length_at(rate: int, path: Path) -> int:
+    info = sf.info(path)
+    return round(info.frames * rate / info.samplerate)
+
+
+@pytest.mark.parametrize("modality, name, encoded_length", [
+    ("text", "text/genesis.txt", (ASSETS / "text/genesis.txt").stat().st_size),
+    ("bytes", "audio/ambi_piano.flac", (ASSETS / "audio/ambi_piano.flac").stat().st_size),
+    ("image", "images/astronaut.png", 32 * 32 * 3),
+    ("audio", "audio/ambi_choir.flac", audio_length_at(8000, ASSETS / "audio/ambi_choir.flac")),
+])
+def test_score_json_reports_the_encoded_bytes(checkpoints, modality, name, encoded_length):
+    folder = checkpoints / ("text" if modality == "bytes" else modality)
+    report = json.loads(succeeds("score", ASSETS / name, "--modality", modality, "--checkpoint", folder, "--json"))
+    assert report["modality"] == modality and report["checkpoint"] == str(folder)
+    assert report["bytes"] == encoded_length
+    assert 0 < report["bits_per_byte"] < 16 and report["seconds"] > 0
+    assert 0 < report["gzip_bits_per_byte"] < 16 and 0 < report["xz_bits_per_byte"] < 16
+    assert "surprisal" not in report
+
+
+def test_score_per_byte_and_summary(checkpoints):
+    text = ASSETS / "text/sonnets.txt"
+    args = ("score", text, "--modality", "text", "--checkpoint", checkpoints / "text")
+    report = json.loads(succeeds(*args, "--json", "--per-byte"))
+    surprisal = np.array(report["surprisal"])
+    assert len(surprisal) == report["bytes"] == text.stat().st_size
+    assert surprisal.mean() == pytest.approx(report["bits_per_byte"], abs=1e-3)
+    assert len(report["patch_surprisal"]) == -(-report["bytes"] // TINY.patch_size)
+    summary = succeeds(*args).splitlines()  # for people: a few lines, the numbers and the spots
+    assert len(summary) < 10
+    assert "bits per byte" in summary[1] and any("gzip" in line for line in summary)
+    assert any(line.strip().startswith("bytes ") for line in summary)  # where the surprises are
+
+
+def test_generate_text_adds_the_asked_bytes(checkpoints, tmp_path):
+    out = tmp_path / "out.txt"
+    succeeds("generate", "text", "--prompt", "In the beginning", "--bytes", 40, "--out", out,
+             "--checkpoint", checkpoints / "text", "--seed", 1)
+    written = out.read_bytes()
+    assert len(written) == len("In the beginning") + 40 and written.startswith(b"In the beginning")
+
+
+def test_generate_image_keeps_the_top_rows(checkpoints, tmp_path):
+    source, rows = ASSETS / "images/astronaut.png", 24
+    succeeds("generate", "image", source, "--rows", rows, "--samples", 2, "--out", tmp_path / "done.png",
+             "--checkpoint", checkpoints / "image", "--top-k", 50)
+    original = np.asarray(image.load(source, LAYOUTS["image"]))
+    for number in (1, 2):
+        completed = Image.open(tmp_path / f"done_{number}.png")
+        assert completed.format == "PNG" and completed.size == (32, 32) and completed.mode == "RGB"
+        assert np.array_equal(np.asarray(completed)[:rows], original[:rows])
+    assert not (tmp_path / "done.png").exists()
+
+
+def test_generate_audio_writes_prompt_and_continuation(checkpoints, tmp_path):
+    source, out, layout = ASSETS / "audio/ambi_choir.flac", tmp_path / "more.wav", LAYOUTS["audio"]
+    succeeds("generate", "audio", source, "--prompt-seconds", 0.5, "--seconds", 0.1, "--out", out,
+             "--checkpoint", checkpoints / "audio", "--temperature", 0.8)
+    pcm, rate = sf.read(out, dtype="int16")
+    assert sf.info(out).format == "WAV" and rate == 8000 and len(pcm) == 4000 + 800
+    prompt = audio.decode(audio.encode(audio.load(source, layout, max_seconds=0.5), layout), layout)
+    assert np.array_equal(pcm[:4000], prompt)
+
+
+def ogg_crc(page: bytes) -> int:
+    """The Ogg page checksum: CRC-32, polynomial 0x04C11DB7, not reflected, starting at 0."""
+    crc = 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def test_score_accepts_an_ogg_without_end_of_stream_flag(checkpoints, tmp_path):
+    """Tux Paint's clips end this way; libsndfile decodes them whole, so they are not truncated."""
+    buffer = io.BytesIO()
+    tone = 0.3 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000)
+    sf.write(buffer, tone, 8000, format="OGG", subtype="VORBIS")
+    data = bytearray(buffer.getvalue())
+    last_page = data.rfind(b"OggS")
+    data[last_page + 5] &= ~0x04  # header type: clear end of stream
+    data[last_page + 22 : last_page + 26] = bytes(4)  # the checksum is computed with its own field zeroed
+    data[last_page + 22 : last_page + 26] = ogg_crc(data[last_page:]).to_bytes(4, "little")
+    clip = tmp_path / "clip.ogg"
+    clip.write_bytes(data)
+    report = json.loads(succeeds("score", clip, "--modality", "audio", "--checkpoint", checkpoints / "audio", "--json"))
+    assert report["bytes"] == 8000
+
+
+def test_a_real_process_reports_bad_input_in_one_line(tmp_path):
+    done = run_cli("score", tmp_path / "missing.txt", "--modality", "text", "--checkpoint", tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+
+
+def bad_inputs(assets, folder, tmp):
+    """(arguments, a word the message must contain) for the mistakes a user is likely to make."""
+    (tmp / "empty.txt").write_bytes(b"")
+    (tmp / "cut.png").write_bytes((assets / "images/astronaut.png").read_bytes()[:20000])
+    text_model, image_model, audio_model = (("--checkpoint", folder / name) for name in ("text", "image", "audio"))
+    astronaut, choir = assets / "images/astronaut.png", assets / "audio/ambi_choir.flac"
+    return [
+        (["score", tmp / "missing.txt", "--modality", "text", *text_model], "no file"),
+        (["score", tmp / "empty.txt", "--modality", "bytes", *text_model], "empty"),
+        (["score", tmp / "cut.png", "--modality", "image", *image_model], "truncated"),
+        (["score", assets / "text/genesis.txt", "--modality", "image", *image_model], "image"),
+        (["score", astronaut, "--modality", "audio", *audio_model], "audio"),
+        (["score", astronaut, "--modality", "image", *text_model], "trained on text"),
+        (["score", astronaut, "--modality", "image", "--checkpoint", tmp], "checkpoint"),
+        (["score", astronaut, "--modality", "video", *image_model], "modality"),
+        (["generate", "text", "--prompt", "x", "--samples", 0, *text_model], "samples"),
+        (["generate", "text", "--prompt", "x", "--temperature", -1, *text_model], "emperature"),
+        (["generate", "text", "--prompt", "x", "--top-p", 0, *text_model], "op_p"),
+        (["generate", "text", "--prompt", "x", "--bytes", 0, *text_model], "byte"),
+        (["generate", "text", "--prompt", "x", "--seed", 2**64, *text_model], "seed"),
+        (["generate", "image", astronaut, "--rows", 32, *image_model], "rows"),
+        (["generate", "image", astronaut, "--rows", -1, *image_model], "rows"),
+        (["generate", "audio", choir, "--seconds", -1, *audio_model], "seconds"),
+        (["generate", "audio", choir, "--seconds", 0.01, "--out", tmp / "no/such/dir.wav", *audio_model], "write"),
+    ]
+
+
+def test_bad_input_gives_one_sentence_and_a_nonzero_exit(checkpoints, tmp_path, capsys):
+    for args, word in bad_inputs(ASSETS, checkpoints, tmp_path):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main([str(a) for a in args])
+        stderr = capsys.readouterr().err
+        assert stopped.value.code != 0, args
+        assert stderr.startswith("error: ") and stderr.count("\n") == 1, (args, stderr)
+        assert word in stderr, (args, stderr)
