@@ -1,0 +1,161 @@
+"""What the app shows: plots as PIL images and surprisal-coloured HTML, pure functions of arrays.
+
+Figures are built with matplotlib's object API on the Agg canvas (no pyplot), so
+requests served in parallel threads never share a current figure.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from PIL import Image
+
+import adapters
+
+COLOURS = colormaps["YlOrRd"]
+FULL_COLOUR_BITS = 12.0  # a character this surprising or more gets the darkest colour
+PATCH_LINES_UP_TO = 128  # beyond this many patches, boundary lines would hide the chart
+LINE_COLOUR = "#d62728"
+
+
+def figure_image(fig: Figure) -> Image.Image:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return Image.open(buffer).convert("RGB")
+
+
+def heat_map(bits: np.ndarray, title: str = "Surprisal of each pixel") -> Image.Image:
+    """A (size, size) map of bits per pixel with a colour bar; NaN pixels stay blank."""
+    fig = Figure(figsize=(4.4, 3.6))
+    ax = fig.subplots()
+    shown = ax.imshow(bits, cmap="magma", interpolation="nearest")
+    fig.colorbar(shown, ax=ax, label="bits per pixel (R + G + B)")
+    ax.set_title(title)
+    ax.set_axis_off()
+    return figure_image(fig)
+
+
+def patch_means(values: np.ndarray, width: int) -> np.ndarray:
+    """Mean of each run of `width` values (a patch, or a window of samples); the last may be short."""
+    values = np.asarray(values, dtype=np.float64)
+    starts = np.arange(0, len(values), width)
+    return np.add.reduceat(values, starts) / np.diff(np.append(starts, len(values)))
+
+
+def patch_chart(surprisal: np.ndarray, patch_size: int) -> Image.Image:
+    """Bits per byte, each byte faintly and each patch's mean as a step, with patch boundaries."""
+    n = len(surprisal)
+    edges = np.append(np.arange(0, n, patch_size), n)
+    fig = Figure(figsize=(8, 3))
+    ax = fig.subplots()
+    ax.plot(np.arange(n) + 0.5, surprisal, color="#999999", linewidth=0.6, label="each byte")
+    ax.stairs(patch_means(surprisal, patch_size), edges, color=LINE_COLOUR, linewidth=1.6,
+              label=f"patch mean ({patch_size} bytes)")
+    if len(edges) <= PATCH_LINES_UP_TO:
+        ax.vlines(edges, 0, 1, transform=ax.get_xaxis_transform(), color="#cccccc", linewidth=0.5)
+    ax.set_xlim(0, max(n, 1))
+    ax.set_xlabel("byte offset")
+    ax.set_ylabel("bits")
+    ax.legend(loc="upper right", fontsize="small")
+    return figure_image(fig)
+
+
+def surprisal_curve(surprisal: np.ndarray, rate: int, window_seconds: float = 0.02) -> Image.Image:
+    """Bits per sample over time, averaged over short windows so the curve is readable."""
+    width = max(1, round(window_seconds * rate))
+    means = patch_means(surprisal, width)
+    fig = Figure(figsize=(8, 2.6))
+    ax = fig.subplots()
+    ax.plot(np.arange(len(means)) * width / rate, means, color=LINE_COLOUR, linewidth=1)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel(f"bits per sample\n(mean over {window_seconds * 1000:g} ms)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(0, max(len(surprisal) / rate, 1 / rate))
+    return figure_image(fig)
+
+
+def waveform(pcm: np.ndarray, rate: int, split_seconds: float | None = None) -> Image.Image:
+    """Waveform over spectrogram; a dashed line marks where the continuation starts."""
+    seconds = np.arange(len(pcm)) / rate
+    fig = Figure(figsize=(8, 4))
+    wave_ax, spec_ax = fig.subplots(2, 1, sharex=True)
+    wave_ax.plot(seconds, pcm / 32768, color="#1f77b4", linewidth=0.4)
+    wave_ax.set_ylim(-1, 1)
+    wave_ax.set_ylabel("amplitude")
+    spec_ax.specgram(pcm.astype(np.float64) / 32768, NFFT=256, Fs=rate, noverlap=128, cmap="magma")
+    spec_ax.set_ylabel("Hz")
+    spec_ax.set_xlabel("seconds")
+    if split_seconds is not None:
+        for ax in (wave_ax, spec_ax):
+            ax.axvline(split_seconds, color="white" if ax is spec_ax else LINE_COLOUR,
+                       linestyle="--", linewidth=1.5)
+        wave_ax.set_title("prompt | continuation", loc="left", fontsize="small")
+    wave_ax.set_xlim(0, max(len(pcm) / rate, 1 / rate))
+    return figure_image(fig)
+
+
+def byte_label(b: int) -> str:
+    """A byte as a reader sees it in a tooltip: the character if printable ASCII, else hex."""
+    if b == 0x20:
+        return "␣"
+    if b == 0x0A:
+        return "↵"
+    return chr(b) if 0x21 <= b <= 0x7E else f"0x{b:02x}"
+
+
+def colour(bits: float) -> tuple[str, str]:
+    """Background and a readable text colour for a surprisal in bits."""
+    r, g, b, _ = COLOURS(min(bits / FULL_COLOUR_BITS, 1.0))
+    dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.55
+    return to_hex((r, g, b)), "#ffffff" if dark else "#000000"
+
+
+def _spans(units, surprisal, top_bytes, top_probs) -> list[str]:
+    """One <span> per (label, start, end) unit of the input, coloured by the bits of its bytes;
+    its tooltip shows those bits and the model's top guesses for the unit's first byte."""
+    spans = []
+    for label, start, end in units:
+        bits = float(surprisal[start:end].sum())
+        guesses = ", ".join(f"{byte_label(b)} {p:.0%}" for b, p in zip(top_bytes[start], top_probs[start]))
+        background, ink = colour(bits)
+        title = html.escape(f"{bits:.1f} bits\nexpected: {guesses}", quote=True)
+        spans.append(f'<span style="background:{background};color:{ink}" title="{title}">'
+                     f"{html.escape(label)}</span>")
+    return spans
+
+
+def legend(unit: str) -> str:
+    steps = np.linspace(0, FULL_COLOUR_BITS, 7)
+    cells = "".join(
+        f'<span style="background:{colour(b)[0]};color:{colour(b)[1]};padding:0 0.5em">{b:g}</span>'
+        for b in steps
+    )
+    return (f'<div class="surprisal-legend" style="margin-bottom:0.5em">bits per {unit}: {cells}+ '
+            "(hover for the model's guesses)</div>")
+
+
+def text_html(data: bytes, surprisal, top_bytes, top_probs) -> str:
+    """The UTF-8 text with each character coloured by its surprisal (the sum over its bytes)."""
+    text = adapters.text.decode(data)
+    units = [(char, start, end) for char, (start, end) in zip(text, adapters.text.char_spans(data))]
+    body = "".join(_spans(units, surprisal, top_bytes, top_probs))
+    return (legend("character")
+            + '<div class="surprisal-text" style="font-family:ui-monospace,monospace;'
+            f'white-space:pre-wrap;line-height:1.7">{body}</div>')
+
+
+def hex_html(data: bytes, surprisal, top_bytes, top_probs, per_line: int = 32) -> str:
+    """A hex dump of raw bytes, each byte coloured by its surprisal."""
+    spans = _spans([(f"{b:02x}", i, i + 1) for i, b in enumerate(data)], surprisal, top_bytes, top_probs)
+    lines = "\n".join(" ".join(spans[i : i + per_line]) for i in range(0, len(spans), per_line))
+    return (legend("byte")
+            + f'<div class="surprisal-hex" style="font-family:ui-monospace,monospace;white-space:pre">{lines}</div>')

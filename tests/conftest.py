@@ -1,0 +1,40 @@
+"""Fixtures for the app tests: tiny random checkpoints, and the app serving them on a free port."""
+
+import socket
+
+import pytest
+import torch
+
+from model import MegaByteConfig, build_model, save_checkpoint
+
+TINY_LAYOUTS = {
+    "text": ({"modality": "text"}, 512),
+    "image": ({"modality": "image", "image_size": 32, "image_order": "raster", "patch_size": 4}, 3072),
+    "audio": ({"modality": "audio", "sample_rate": 8000}, 1024),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """text/, image/ and audio/ checkpoints with random weights: fast, and no training needed."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    for name, (layout, max_bytes) in TINY_LAYOUTS.items():
+        config = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=1, global_heads=1,
+                                local_dim=16, local_layers=1, local_heads=1, max_bytes=max_bytes)
+        save_checkpoint(folder / name, build_model(config), layout)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_checkpoints):
+    """The web app on the tiny checkpoints, served in this process for the whole session."""
+    from app import ui
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = ui.build(tiny_checkpoints)
+    _, url, _ = ui.launch(demo, port=port, block=False)
+    yield url
+    demo.close()
