@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
 import sysconfig
@@ -22,22 +20,11 @@ import torch
 
 from model import (FlatConfig, MegaByteConfig, Sampling, build_model, compile_decoding,
                    generate, next_byte_loss)
+from training.train import machine_description
 
 MEGABYTE = MegaByteConfig(patch_size=8, byte_dim=32, global_layers=4, global_heads=4,
                           local_dim=128, local_layers=2, local_heads=4, max_bytes=2048)
 FLAT = FlatConfig(dim=256, layers=5, heads=4, max_bytes=2048)
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return (f"{name}, {torch.get_num_threads()} threads, ISA {'/'.join(isa) or 'baseline'}, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def matmul_gflops(dtype, n=1024, repeats=5) -> float:
@@ -142,7 +129,7 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = parser.parse_args(argv)
     quick = args.quick
-    lines = [f"# Speed and memory\n\nMachine: {machine()}  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  \n"
+    lines = [f"# Speed and memory\n\nMachine: {machine_description(torch.device("cpu"))}  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  \n"
              f"Command: `python -m bench.speed{' --quick' if quick else ''}`\n"]
 
     peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16, n=256, repeats=2)}

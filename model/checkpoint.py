@@ -33,6 +33,7 @@ def save_checkpoint(folder, model, layout: dict | None = None, card: str = "",
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
     try:
         state = {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous()
                  for k, v in model.state_dict().items()}

@@ -99,9 +99,14 @@ def evaluate(model, val: np.ndarray, cfg: RunConfig, device) -> float:
 
 
 def machine_description(device) -> str:
+    """The hardware in words, for model cards and benchmark tables."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    isa = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {flag}" in cpuinfo]
+    return (f"{names[0] if names else platform.machine()} CPU ({os.cpu_count()} cores, ISA "
+            f"{'/'.join(isa) or 'baseline'}), {torch.get_num_threads()} torch threads")
 
 
 def data_summary(data_dir) -> str:
