@@ -129,7 +129,7 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = parser.parse_args(argv)
     quick = args.quick
-    lines = [f"# Speed and memory\n\nMachine: {machine_description(torch.device("cpu"))}  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  \n"
+    lines = [f"# Speed and memory\n\nMachine: {machine_description(torch.device('cpu'))}  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  \n"
              f"Command: `python -m bench.speed{' --quick' if quick else ''}`\n"]
 
     peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16, n=256, repeats=2)}
