@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import mimetypes
 import os
 import threading
 import time
@@ -49,14 +50,13 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
 
 
-class ImagePath(gr.Image):
+def image_path_input(**options) -> gr.Image:
     """An image input that hands the app the uploaded file's path unopened, so that a corrupt
     or non-image file gets the app's one-sentence message instead of failing inside Gradio."""
-
-    is_template = True  # the browser draws it as a plain gr.Image
-
-    def preprocess(self, payload):
-        return None if payload is None else payload.path
+    image = gr.Image(type="filepath", **options)
+    # Overridden on the instance: a gr.Image subclass would make Gradio write a .pyi beside this file.
+    image.preprocess = lambda payload: None if payload is None else payload.path
+    return image
 
 
 @contextlib.contextmanager
@@ -101,9 +101,12 @@ def comparison(rows: list[list]) -> str:
     return f"**{name}: {bits:.2f}** · " + " · ".join(f"{n} {b:.2f}" for n, b in others)
 
 
-def detect_kind(data: bytes) -> str:
-    """What "auto" reads a file as: image or audio when Pillow or libsndfile recognise its
-    format, else text when it is valid UTF-8, else raw bytes."""
+def detect_kind(name: str, data: bytes) -> str:
+    """What "auto" reads a file as: image or audio by its extension or, failing that, when
+    Pillow or libsndfile recognise its format; else text when it is valid UTF-8; else raw bytes."""
+    major = (mimetypes.guess_type(name)[0] or "").split("/")[0]
+    if major in ("image", "audio"):
+        return major
     try:
         Image.open(io.BytesIO(data))  # reads the header only
         return "image"
@@ -158,16 +161,28 @@ class Studio:
             prompt = data[: adapters.image.prefix_bytes(rows, layout)]
             row_bytes = adapters.image.prefix_bytes(1, layout)  # one row, or one row of blocks
             wanted = layout.bytes_per_image - len(prompt)
-            parts, shown, start = [np.zeros((samples, 0), np.uint8)], -1, time.perf_counter()
+            start = time.perf_counter()
+
+            def update(made: np.ndarray, complete: bool):
+                gallery = [(enlarge(adapters.image.decode(prompt + row.tobytes(), layout)), f"sample {i + 1}")
+                           for i, row in enumerate(made)]
+                status = (f"Generated {made.shape[1] // row_bytes} of {wanted // row_bytes} rows "
+                          f"in {time.perf_counter() - start:.1f} s.")
+                # Between the first and last update the original and heat map stay as they are:
+                # sending them again would rewrite their files while the browser may be reading them.
+                unchanged = lambda value: value if complete else gr.skip()  # noqa: E731
+                return unchanged(enlarge(original)), gallery, unchanged(heat), f"{bits}\n\n{status}"
+
+            made = np.zeros((samples, 0), np.uint8)
+            yield update(made, complete=True)  # the prompt alone, at once
+            parts = []
             for part in service.continue_bytes(model, prompt, wanted, samples, how, seed):
                 parts.append(part)
+                rows_before = made.shape[1] // row_bytes
                 made = np.concatenate(parts, axis=1)
-                if made.shape[1] // row_bytes > shown:  # a whole new row: show it
-                    shown = made.shape[1] // row_bytes
-                    gallery = [(enlarge(adapters.image.decode(prompt + row.tobytes(), layout)), f"sample {i + 1}")
-                               for i, row in enumerate(made)]
-                    status = f"Generated {shown} of {wanted // row_bytes} rows in {time.perf_counter() - start:.1f} s."
-                    yield enlarge(original), gallery, heat, f"{bits}\n\n{status}"
+                if rows_before < made.shape[1] // row_bytes < wanted // row_bytes:  # a new row, not the last
+                    yield update(made, complete=False)
+            yield update(made, complete=True)
 
     def continue_audio(self, audio, prompt_seconds, new_seconds, temperature, top_k, seed,
                        progress=gr.Progress()):
@@ -199,7 +214,7 @@ class Studio:
         with shown_in_page():
             if file:
                 data = Path(file).read_bytes()
-                kind = detect_kind(data) if kind == "auto" else kind
+                kind = detect_kind(file, data) if kind == "auto" else kind
             elif text:
                 data = adapters.text.encode(text)
                 kind = "text" if kind == "auto" else kind
@@ -253,8 +268,8 @@ def image_tab(studio: Studio):
     size = studio.image_size()
     with gr.Row():
         with gr.Column():
-            image = ImagePath(label=f"Image (cropped square, at most {MAX_UPLOAD_MB} MB)",
-                              sources=["upload", "clipboard"], height=260)
+            image = image_path_input(label=f"Image (cropped square, at most {MAX_UPLOAD_MB} MB)",
+                                     sources=["upload", "clipboard"], height=260)
             gr.Examples(examples("images", "*.png"), inputs=image)
             rows = gr.Slider(1, size - 1, value=size // 2, step=1, precision=0, label="Top rows to keep")
             samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, precision=0,
@@ -302,7 +317,7 @@ def explorer_tab(studio: Studio):
             file = gr.File(label=f"…or any file, used instead of the text (at most {MAX_UPLOAD_MB} MB; "
                                  f"audio: the first {MAX_AUDIO_SECONDS:g} s)", type="filepath")
             kind = gr.Radio(list(EXPLORER_KINDS), value="auto", label="Read it as",
-                            info="auto: images and audio by their format, else UTF-8 text, else raw bytes")
+                            info="auto: images and audio by their extension or format, else UTF-8 text, else raw bytes")
             go = gr.Button("Score", variant="primary")
             gr.Examples([["def greet(name):\n    return f'Hello, {name}!'\n", None, "auto"],
                          *[[None, path, "auto"] for path in examples("text", "*.txt")],

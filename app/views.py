@@ -125,7 +125,7 @@ def _spans(units, surprisal, top_bytes, top_probs) -> list[str]:
     spans = []
     for label, start, end in units:
         bits = float(surprisal[start:end].sum())
-        guesses = ", ".join(f"{byte_label(b)} {p:.0%}" for b, p in zip(top_bytes[start], top_probs[start]))
+        guesses = ", ".join(f"{byte_label(b)} {p:.1%}" for b, p in zip(top_bytes[start], top_probs[start]))
         background, ink = colour(bits)
         title = html.escape(f"{bits:.1f} bits\nexpected: {guesses}", quote=True)
         spans.append(f'<span style="background:{background};color:{ink}" title="{title}">'
