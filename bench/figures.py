@@ -1,0 +1,165 @@
+"""The README's pictures, made from the checkpoints: `python -m bench.figures`.
+
+image_completions.png: held-out photos from assets/images, the top half given to the image
+checkpoint and several bottom halves it sampled. text_surprisal.png: how surprised the text
+checkpoint is by every byte of a held-out text, with a rolling mean and the biggest surprises named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # without pyplot: no GUI backend, PNGs are drawn by Agg
+from tqdm import tqdm
+
+from adapters import AdapterError, Layout, image, text
+from model import CheckpointError, Sampling, generate, load_checkpoint, score
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SCALE = 4  # nearest-neighbour upscaling of each image for display
+GIVEN_GREY = (128, 128, 128)  # the not-given half of the prompt image
+ROLLING = 32  # bytes in the rolling mean of the surprisal plot
+NAMED_SURPRISES = 8
+SHOWN_AS = {"\n": "⏎", " ": "␣", "\t": "⇥"}
+
+
+def image_completions(model, layout: Layout, out: Path, images: int, samples: int, sampling: Sampling, seed: int):
+    """A grid: for each of the first `images` held-out photos, the original, the given top half
+    and `samples` completions."""
+    paths = sorted((ASSETS / "images").glob("*.png"))[:images]
+    given = image.prefix_bytes(layout.image_size // 2, layout)
+    new_bytes = layout.bytes_per_image - given
+    titles = ["original", "given: top half", *(f"sample {i + 1}" for i in range(samples))]
+    fig = Figure(figsize=(1.6 * len(titles), 1.7 * len(paths)))
+    axes = fig.subplots(len(paths), len(titles), squeeze=False)
+    with tqdm(total=len(paths) * new_bytes, desc="image completions", unit="B", unit_scale=True) as bar:
+        for index, (row, path) in enumerate(zip(axes, paths)):
+            original = image.load(path, layout)
+            prompt = image.encode(original, layout)[:given]
+            start = bar.n
+            completions = generate(model, prompt, new_bytes, samples, sampling, seed=seed + index,
+                                   progress=lambda done: bar.update(start + done - bar.n))
+            pictures = [original, image.decode(prompt, layout, missing=GIVEN_GREY),
+                        *(image.decode(prompt + c, layout) for c in completions)]
+            for ax, picture in zip(row, pictures):
+                ax.imshow(image.upscale(picture, SCALE))
+                ax.set_xticks([])
+                ax.set_yticks([])
+            row[0].set_ylabel(path.stem)
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"The image model completes held-out {layout.image_size}x{layout.image_size} photos "
+                 f"(temperature {sampling.temperature:g}, seed {seed})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def byte_characters(data: bytes) -> list[str]:
+    """For each byte, the character it belongs to (U+FFFD for an invalid byte)."""
+    characters = []
+    for (start, end), character in zip(text.char_spans(data), text.decode(data)):
+        characters += [character] * (end - start)
+    return characters
+
+
+def biggest_surprises(surprisal: np.ndarray, count: int, apart: int) -> list[int]:
+    """Positions of the `count` most surprising bytes, at least `apart` bytes from one another."""
+    chosen = []
+    for position in np.argsort(-surprisal, kind="stable"):
+        if all(abs(position - c) >= apart for c in chosen):
+            chosen.append(int(position))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def text_surprisal(model, data: bytes, name: str, out: Path):
+    """Per-byte surprisal over a text, its rolling mean and the biggest surprises in context."""
+    surprisal = score(model, data).surprisal
+    characters = [SHOWN_AS.get(c, c) for c in byte_characters(data)]
+    fig = Figure(figsize=(14, 4.5))
+    ax = fig.subplots()
+    positions = np.arange(len(data))
+    ax.bar(positions, surprisal, width=1.0, color="#9ecae1", label="surprisal of each byte")
+    rolling = np.convolve(surprisal, np.ones(ROLLING) / ROLLING, mode="valid")
+    ax.plot(positions[ROLLING - 1 :], rolling, color="#08519c", label=f"mean of the last {ROLLING} bytes")
+    for position in biggest_surprises(surprisal, NAMED_SURPRISES, apart=len(data) // (2 * NAMED_SURPRISES)):
+        before = "".join(characters[max(0, position - 8) : position])
+        after = "".join(characters[position + 1 : position + 4])
+        ax.annotate(f"{before}[{characters[position]}]{after}", (position, surprisal[position]),
+                    xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8, color="#a50f15")
+    ax.set_xlim(0, len(data))
+    ax.set_ylim(0, max(float(surprisal.max()) * 1.15, 1.0))
+    ax.set_xlabel("byte")
+    ax.set_ylabel("bits")
+    ax.set_title(f"How surprised the text model is by each byte of {name} (first {len(data):,} bytes): "
+                 f"{surprisal.mean():.2f} bits per byte on average\n[x] marks the biggest surprises, in context")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def load(folder: Path, modality: str):
+    model, layout = load_checkpoint(folder)
+    layout = Layout.from_dict(layout)
+    if layout.modality != modality:
+        raise CheckpointError(f"{folder} holds a {layout.modality} checkpoint, not a {modality} one.")
+    return model, layout
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.figures",
+        description="Draws image_completions.png (the image checkpoint completes held-out photos) and "
+                    "text_surprisal.png (the text checkpoint's surprisal over a held-out text).")
+    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
+                        help="folder with text/ and image/ checkpoints (default: checkpoints)")
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder to write the figures to (default: docs)")
+    parser.add_argument("--images", type=int, default=4, help="held-out photos to complete (default: 4)")
+    parser.add_argument("--samples", type=int, default=4, help="completions per photo (default: 4)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first image's samples (default: 0)")
+    parser.add_argument("--text", type=Path, default=ASSETS / "text" / "genesis.txt",
+                        help="the text to plot (default: assets/text/genesis.txt)")
+    parser.add_argument("--text-bytes", type=int, default=1000, help="bytes of the text to plot (default: 1000)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default: 1; generation is thousands of tiny steps, and on a 2-core "
+                             "CPU shared with other jobs one thread ran them 35 times faster than two)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if min(args.images, args.samples, args.text_bytes, args.threads) < 1:
+        sys.exit("bench.figures: --images, --samples, --text-bytes and --threads must be at least 1.")
+    torch.set_num_threads(args.threads)
+    try:
+        sampling = Sampling(temperature=args.temperature)
+    except ValueError as e:
+        sys.exit(f"bench.figures: {e}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    made = []
+    try:
+        if (args.checkpoints / "image").is_dir():
+            model, layout = load(args.checkpoints / "image", "image")
+            made.append(args.out / "image_completions.png")
+            image_completions(model, layout, made[-1], args.images, args.samples, sampling, args.seed)
+        if (args.checkpoints / "text").is_dir():
+            model, _ = load(args.checkpoints / "text", "text")
+            made.append(args.out / "text_surprisal.png")
+            data = text.read(args.text)[: args.text_bytes]
+            text_surprisal(model, data, args.text.name, made[-1])
+    except (CheckpointError, AdapterError) as e:
+        sys.exit(f"bench.figures: {e}")
+    if not made:
+        sys.exit(f"bench.figures: there is no image or text checkpoint in {args.checkpoints}.")
+    for path in made:
+        print(f"Wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""bench.compression and bench.figures on tiny random checkpoints and tiny synthetic held-out data."""
+
+import io
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adapters import Layout, audio
+from bench import compression, figures
+from model import MegaByteConfig, build_model, save_checkpoint
+
+TINY = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=1, global_heads=1,
+                      local_dim=16, local_layers=1, local_heads=1, max_bytes=256)
+LAYOUTS = {
+    "text": Layout("text"),
+    "image": Layout("image", image_size=32, patch_size=4),
+    "audio": Layout("audio", sample_rate=8000),
+}
+ROWS = ["text: English prose", "text: prose and code", "images: 32x32 photo crops", "audio: music", "audio: speech"]
+rng = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The commands set torch's thread count for their process; give the next test its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    for kind, layout in LAYOUTS.items():
+        save_checkpoint(folder / kind, build_model(TINY), layout.to_dict())
+    return folder
+
+
+def write_split(folder, split, files: list[bytes], manifest: dict):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}.bin").write_bytes(b"".join(files))
+    offsets = np.cumsum([0, *map(len, files)])
+    manifest.setdefault("files", {})[split] = [{"offset": int(o), "bytes": len(f)} for o, f in zip(offsets, files)]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def mu_law_tone(hz: float, seconds: float) -> bytes:
+    t = np.arange(int(8000 * seconds)) / 8000
+    samples = 0.5 * np.sin(2 * np.pi * hz * t) + 0.05 * rng.standard_normal(len(t))
+    return audio.encode(samples, LAYOUTS["audio"])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    prose = [b"In the beginning God created the heaven and the earth. " * 60, b"And the earth was without form. " * 90]
+    code = [b"def f(x):\n    return x + 1\n\n" * 100]
+    write_split(root / "text", "val_prose", prose, {})
+    write_split(root / "text", "val", prose + code, json.loads((root / "text" / "manifest.json").read_text()))
+    gradient = np.linspace(0, 255, 32 * 32 * 3).astype(np.uint8).tobytes()
+    noisy = [rng.integers(0, 256, 3072, dtype=np.uint8).tobytes() for _ in range(3)]
+    write_split(root / "image", "val", [gradient] * 5 + noisy, {"layout": {"image_size": 32, "image_order": "raster"}})
+    audio_manifest = {"layout": {"sample_rate": 8000}}
+    write_split(root / "audio", "val_music", [mu_law_tone(440, 0.5), mu_law_tone(220, 0.4)], audio_manifest)
+    write_split(root / "audio", "val_speech", [mu_law_tone(150, 0.3)] * 3, audio_manifest)
+    return root
+
+
+def read_table(markdown: str) -> dict[str, dict[str, str]]:
+    """The first Markdown table as {row label: {column: cell}}."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    return {row[0]: dict(zip(header, row)) for row in rows}
+
+
+def test_compression_table_has_every_row_and_yardstick(checkpoints, data, tmp_path, capsys):
+    out = tmp_path / "results" / "compression.md"
+    compression.main(["--checkpoints", str(checkpoints), "--data", str(data), "--out", str(out),
+                      "--limit-bytes", "4096", "--threads", "1"])
+    report = out.read_text()
+    assert "UTC" in report and "cores" in report and "--limit-bytes 4096" in report
+    assert "8 evenly spaced stretches of 512 bytes" in report  # what was used is said
+    assert "1 of the 8 32x32 crops" in report
+    table = read_table(report)
+    assert list(table) == ROWS
+    for label, row in table.items():
+        for column in ["bytes", "model", "gzip -9", "bzip2 -9", "xz -9e", "zstd -19", "best yardstick", "model / best"]:
+            assert row[column] not in ("", "–"), (label, column)
+        model = float(row["model"].strip("*"))
+        best = float(row["best yardstick"].split()[0])
+        assert 4 < model < 10  # an untrained model is near 8 bits per byte
+        assert float(row["model / best"].rstrip("×")) == pytest.approx(model / best, rel=0.01)
+        assert row["met"] in (("yes", "no") if row["target"] != "–" else ("–",))
+    assert table["text: English prose"]["target"] == "≤ 0.65×"
+    assert table["text: prose and code"]["target"] == "–"
+    assert table["images: 32x32 photo crops"]["target"] == table["audio: music"]["target"] == "≤ 0.85×"
+    for label in ROWS:
+        is_image, is_audio = label.startswith("images"), label.startswith("audio")
+        assert (table[label]["PNG"] != "–") == is_image and (table[label]["WebP lossless"] != "–") == is_image
+        assert (table[label]["FLAC"] != "–") == is_audio
+    assert "held-out data" in capsys.readouterr().out  # the table is printed too
+
+
+def test_missing_checkpoint_is_skipped_and_missing_data_is_one_sentence(checkpoints, data, tmp_path):
+    only_text = tmp_path / "checkpoints"
+    only_text.mkdir()
+    (only_text / "text").symlink_to(checkpoints / "text")
+    out = tmp_path / "compression.md"
+    compression.main(["--checkpoints", str(only_text), "--data", str(data), "--out", str(out), "--limit-bytes", "2048",
+                      "--threads", "1"])
+    assert list(read_table(out.read_text())) == ROWS[:2]
+    assert f"No checkpoint at `{only_text / 'image'}`" in out.read_text()
+    with pytest.raises(SystemExit, match=r"python -m training.data text"):
+        compression.main(["--checkpoints", str(only_text), "--data", str(tmp_path / "nowhere"), "--out", str(out)])
+
+
+def test_general_compressors_on_known_inputs():
+    zeros = bytes(100_000)
+    noise = rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    for name, compress in compression.GENERAL.items():
+        assert compression.bits_per_byte(compress, [zeros]) < 0.1, name
+        assert 7.95 < compression.bits_per_byte(compress, [noise]) < 8.2, name
+
+
+def test_media_codecs_on_known_inputs():
+    flat_tile = bytes([200, 100, 50]) * 1024
+    noise_tile = rng.integers(0, 256, 3072, dtype=np.uint8).tobytes()
+    png = {"format": "PNG", "optimize": True}
+    webp = {"format": "WEBP", "lossless": True, "quality": 100, "method": 6}
+    for options in [png, webp]:
+        tile_file = partial(compression.image_file, side=32, **options)
+        assert compression.bits_per_byte(tile_file, [flat_tile]) < 1
+        assert compression.bits_per_byte(tile_file, [noise_tile]) > 7.9
+        decoded = Image.open(io.BytesIO(tile_file(noise_tile))).convert("RGB")
+        assert decoded.tobytes() == noise_tile  # lossless, one 32x32 tile
+    flac_file = partial(compression.flac_file, layout=LAYOUTS["audio"])
+    silence = audio.encode(np.zeros(8000), LAYOUTS["audio"])
+    noise = rng.integers(0, 256, 8000, dtype=np.uint8).tobytes()
+    assert compression.bits_per_byte(flac_file, [silence]) < 1
+    assert compression.bits_per_byte(flac_file, [noise]) > 8  # µ-law noise expanded to 16 bits
+
+
+def test_evenly_spaced_stretches_cover_the_split_and_cut_at_files():
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    file_starts = [0, 1500, 5000]
+    assert compression.evenly_spaced(data, file_starts, 20_000) == ([data], [data[:1500], data[1500:5000], data[5000:]])
+    windows, pieces = compression.evenly_spaced(data, file_starts, 800)
+    assert len(windows) == compression.STRETCHES and {len(w) for w in windows} == {100}
+    assert windows[0] == data[:100] and windows[-1] == data[-100:]
+    assert b"".join(pieces) == b"".join(windows)
+    assert len(pieces) == compression.STRETCHES + 1  # the second stretch, 1448..1548, spans the file start at 1500
+
+
+def test_figures_draw_completions_and_surprisal(checkpoints, tmp_path):
+    figures.main(["--checkpoints", str(checkpoints), "--out", str(tmp_path), "--images", "2", "--samples", "2",
+                  "--text-bytes", "300"])
+    completions = Image.open(tmp_path / "image_completions.png")
+    surprisal = Image.open(tmp_path / "text_surprisal.png")
+    assert completions.width > 4 * 128 and completions.height > 2 * 128  # original, given, 2 samples; 2 photos
+    assert surprisal.width > surprisal.height
