@@ -156,7 +156,8 @@ class Studio:
             data = service.encode_file(required(image, "an image"), layout)
             original = adapters.image.decode(data, layout)
             scored = service.score_bytes(model, data)
-            heat = views.heat_map(adapters.image.surprisal_map(scored.scores.surprisal, layout))
+            heat = views.heat_map(adapters.image.surprisal_map(scored.scores.surprisal, layout),
+                                  title="Where the model was surprised by the original")
             bits = f"Bits per subpixel of the original: {comparison(compression_rows(scored, original))}."
             prompt = data[: adapters.image.prefix_bytes(rows, layout)]
             row_bytes = adapters.image.prefix_bytes(1, layout)  # one row, or one row of blocks
@@ -192,7 +193,7 @@ class Studio:
             rate = layout.sample_rate
             prompt = service.encode_file(required(audio, "a clip"), layout, prompt_seconds)
             scored = service.score_bytes(model, prompt, progress=lambda done, n: progress(done / n, desc="Scoring"))
-            curve = views.surprisal_curve(scored.scores.surprisal, rate)
+            curve = views.surprisal_curve(scored.scores.surprisal, rate, title="The prompt's surprisal over time")
             prompt_pcm = adapters.audio.decode(prompt, layout)
             about = (f"Prompt: {len(prompt) / rate:.2f} s; bits per sample: "
                      f"{comparison(compression_rows(scored))}.")
@@ -248,9 +249,16 @@ def sampling_controls():
     return temperature, top_k, seed
 
 
-def wire(button, fn, inputs, outputs, api_name: str, stop=None):
+def plot(label: str) -> gr.Image:
+    """An output for a matplotlib figure; the figure carries its own title, since Gradio's
+    label would float over its top. The label still names the output in the API."""
+    return gr.Image(label=label, show_label=False, format="png", interactive=False)
+
+
+def wire(button, fn, inputs, outputs, api_name: str, stop=None, progress_on=None):
     """Runs fn on a click, queued with every other model request; a Stop button cancels it."""
-    event = button.click(fn, inputs, outputs, api_name=api_name, concurrency_id="model")
+    event = button.click(fn, inputs, outputs, api_name=api_name, concurrency_id="model",
+                         show_progress_on=progress_on)
     if stop is not None:
         stop.click(None, cancels=[event], api_visibility="private")
 
@@ -269,7 +277,7 @@ def image_tab(studio: Studio):
     with gr.Row():
         with gr.Column():
             image = image_path_input(label=f"Image (cropped square, at most {MAX_UPLOAD_MB} MB)",
-                                     sources=["upload", "clipboard"], height=260)
+                                     sources=["upload", "clipboard"], height=260, elem_id="image-input")
             gr.Examples(examples("images", "*.png"), inputs=image)
             rows = gr.Slider(1, size - 1, value=size // 2, step=1, precision=0, label="Top rows to keep")
             samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, precision=0,
@@ -278,10 +286,10 @@ def image_tab(studio: Studio):
             go, stop = run_buttons("Complete")
         with gr.Column():
             original = gr.Image(label=f"Original at the model's {size}×{size}", format="png", interactive=False)
-            gallery = gr.Gallery(label="Completions (magenta: not generated yet)", columns=4, format="png",
+            gallery = gr.Gallery(label="Completions (magenta: not generated yet)", columns=4, height="auto", format="png",
                                  interactive=False, elem_id="completions")
-            heat = gr.Image(label="Where the model was surprised by the original", format="png", interactive=False)
-            summary = gr.Markdown()
+            heat = plot("Where the model was surprised by the original")
+            summary = gr.Markdown(elem_id="image-summary")
     wire(go, studio.complete_image, [image, rows, samples, temperature, top_k, seed],
          [original, gallery, heat, summary], "complete_image", stop)
 
@@ -290,30 +298,31 @@ def audio_tab(studio: Studio):
     with gr.Row():
         with gr.Column():
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
-                             label=f"Clip (wav, flac, ogg, …; at most {MAX_UPLOAD_MB} MB)")
+                             label=f"Clip (wav, flac, ogg, …; at most {MAX_UPLOAD_MB} MB)", elem_id="audio-input")
             gr.Examples(examples("audio", "*.flac"), inputs=audio)
             prompt_seconds = gr.Slider(0.25, MAX_AUDIO_SECONDS, value=2, step=0.25,
-                                       label=f"Prompt: the clip's first seconds (at most {MAX_AUDIO_SECONDS:g})")
+                                       label=f"Prompt: the clip's first seconds (at most {MAX_AUDIO_SECONDS:g})",
+                                       elem_id="prompt-seconds")
             new_seconds = gr.Slider(0.25, MAX_CONTINUE_SECONDS, value=1, step=0.25,
                                     label=f"Seconds to continue (at most {MAX_CONTINUE_SECONDS:g}; "
-                                          "each takes 10-30 s on a CPU)")
+                                          "each takes 10-30 s on a CPU)", elem_id="new-seconds")
             temperature, top_k, seed = sampling_controls()
             go, stop = run_buttons("Continue")
         with gr.Column():
             result = gr.Audio(label="Prompt + continuation", type="numpy", format="wav",
                               interactive=False, elem_id="continuation")
-            wave = gr.Image(label="Waveform and spectrogram", format="png", interactive=False)
-            curve = gr.Image(label="The prompt's surprisal over time", format="png", interactive=False)
-            summary = gr.Markdown()
+            wave = plot("Waveform and spectrogram")
+            curve = plot("The prompt's surprisal over time")
+            summary = gr.Markdown(elem_id="audio-summary")
     wire(go, studio.continue_audio, [audio, prompt_seconds, new_seconds, temperature, top_k, seed],
-         [result, wave, curve, summary], "continue_audio", stop)
+         [result, wave, curve, summary], "continue_audio", stop, progress_on=result)  # the prompt's plots stay in view
 
 
 def explorer_tab(studio: Studio):
     with gr.Row():
         with gr.Column():
             text = gr.Textbox(label=f"Text (at most {MAX_SCORE_BYTES:,} bytes)", lines=8,
-                              max_length=MAX_SCORE_BYTES)
+                              max_length=MAX_SCORE_BYTES, elem_id="explore-text")
             file = gr.File(label=f"…or any file, used instead of the text (at most {MAX_UPLOAD_MB} MB; "
                                  f"audio: the first {MAX_AUDIO_SECONDS:g} s)", type="filepath")
             kind = gr.Radio(list(EXPLORER_KINDS), value="auto", label="Read it as",
@@ -325,12 +334,11 @@ def explorer_tab(studio: Studio):
                          [None, examples("audio", "guit_em9.flac")[0], "auto"]],
                         inputs=[text, file, kind])
         with gr.Column():
-            summary = gr.Markdown()
+            summary = gr.Markdown(elem_id="explore-summary")
             table = gr.Dataframe(headers=["coder", "bits per byte"], label="On this input (fewer bits is better)",
                                  interactive=False)
             page = gr.HTML(elem_id="surprisal")
-            chart = gr.Image(label="Surprisal: per patch for text, per pixel for images, over time for audio",
-                             format="png", interactive=False)
+            chart = plot("Surprisal: per patch for text, per pixel for images, over time for audio")
     wire(go, studio.explore, [text, file, kind], [summary, page, chart, table], "explore")
 
 

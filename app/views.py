@@ -51,14 +51,14 @@ def patch_means(values: np.ndarray, width: int) -> np.ndarray:
     return np.add.reduceat(values, starts) / np.diff(np.append(starts, len(values)))
 
 
-def patch_chart(surprisal: np.ndarray, patch_size: int) -> Image.Image:
+def patch_chart(surprisal: np.ndarray, patch_size: int, title: str = "Surprisal of each byte and patch") -> Image.Image:
     """Bits per byte, each byte faintly and each patch's mean as a step, with patch boundaries."""
     n = len(surprisal)
     edges = np.append(np.arange(0, n, patch_size), n)
     fig = Figure(figsize=(8, 3))
     ax = fig.subplots()
     ax.plot(np.arange(n) + 0.5, surprisal, color="#999999", linewidth=0.6, label="each byte")
-    ax.stairs(patch_means(surprisal, patch_size), edges, color=LINE_COLOUR, linewidth=1.6,
+    ax.stairs(patch_means(surprisal, patch_size), edges, baseline=None, color=LINE_COLOUR, linewidth=1.6,
               label=f"patch mean ({patch_size} bytes)")
     if len(edges) <= PATCH_LINES_UP_TO:
         ax.vlines(edges, 0, 1, transform=ax.get_xaxis_transform(), color="#cccccc", linewidth=0.5)
@@ -66,10 +66,12 @@ def patch_chart(surprisal: np.ndarray, patch_size: int) -> Image.Image:
     ax.set_xlabel("byte offset")
     ax.set_ylabel("bits")
     ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(title)
     return figure_image(fig)
 
 
-def surprisal_curve(surprisal: np.ndarray, rate: int, window_seconds: float = 0.02) -> Image.Image:
+def surprisal_curve(surprisal: np.ndarray, rate: int, window_seconds: float = 0.02,
+                    title: str = "Surprisal over time") -> Image.Image:
     """Bits per sample over time, averaged over short windows so the curve is readable."""
     width = max(1, round(window_seconds * rate))
     means = patch_means(surprisal, width)
@@ -79,6 +81,7 @@ def surprisal_curve(surprisal: np.ndarray, rate: int, window_seconds: float = 0.
     ax.set_xlabel("seconds")
     ax.set_ylabel(f"bits per sample\n(mean over {window_seconds * 1000:g} ms)")
     ax.set_ylim(bottom=0)
+    ax.set_title(title)
     ax.set_xlim(0, max(len(surprisal) / rate, 1 / rate))
     return figure_image(fig)
 
@@ -98,7 +101,8 @@ def waveform(pcm: np.ndarray, rate: int, split_seconds: float | None = None) -> 
         for ax in (wave_ax, spec_ax):
             ax.axvline(split_seconds, color="white" if ax is spec_ax else LINE_COLOUR,
                        linestyle="--", linewidth=1.5)
-        wave_ax.set_title("prompt | continuation", loc="left", fontsize="small")
+        wave_ax.set_title("prompt | continuation", loc="right", fontsize="small")
+    wave_ax.set_title("Waveform and spectrogram", loc="left")
     wave_ax.set_xlim(0, max(len(pcm) / rate, 1 / rate))
     return figure_image(fig)
 

@@ -1,5 +1,6 @@
 """Fixtures for the app tests: tiny random checkpoints, and the app serving them on a free port."""
 
+import os
 import socket
 
 import pytest
@@ -28,13 +29,14 @@ def tiny_checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def app_url(tiny_checkpoints):
-    """The web app on the tiny checkpoints, served in this process for the whole session."""
+    """The web app, served in this process for the whole session, on the tiny checkpoints or on
+    the folder APP_CHECKPOINTS names (APP_CHECKPOINTS=checkpoints takes the README's screenshots)."""
     from app import ui
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = ui.build(tiny_checkpoints)
+    demo = ui.build(os.environ.get("APP_CHECKPOINTS") or tiny_checkpoints)
     _, url, _ = ui.launch(demo, port=port, block=False)
     yield url
     demo.close()
