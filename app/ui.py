@@ -337,7 +337,7 @@ def explorer_tab(studio: Studio):
             summary = gr.Markdown(elem_id="explore-summary")
             table = gr.Dataframe(headers=["coder", "bits per byte"], label="On this input (fewer bits is better)",
                                  interactive=False)
-            page = gr.HTML(elem_id="surprisal")
+            page = gr.HTML(elem_id="surprisal", max_height=640)
             chart = plot("Surprisal: per patch for text, per pixel for images, over time for audio")
     wire(go, studio.explore, [text, file, kind], [summary, page, chart, table], "explore")
 

@@ -98,11 +98,10 @@ def waveform(pcm: np.ndarray, rate: int, split_seconds: float | None = None) -> 
     spec_ax.set_ylabel("Hz")
     spec_ax.set_xlabel("seconds")
     if split_seconds is not None:
-        for ax in (wave_ax, spec_ax):
-            ax.axvline(split_seconds, color="white" if ax is spec_ax else LINE_COLOUR,
-                       linestyle="--", linewidth=1.5)
-        wave_ax.set_title("prompt | continuation", loc="right", fontsize="small")
-    wave_ax.set_title("Waveform and spectrogram", loc="left")
+        wave_ax.axvline(split_seconds, color=LINE_COLOUR, linestyle="--", linewidth=1.5, label="continuation starts")
+        spec_ax.axvline(split_seconds, color="white", linestyle="--", linewidth=1.5)
+        wave_ax.legend(loc="lower left", fontsize="small")
+    wave_ax.set_title("Waveform and spectrogram")
     wave_ax.set_xlim(0, max(len(pcm) / rate, 1 / rate))
     return figure_image(fig)
 

@@ -1,9 +1,13 @@
 """The app in a real browser: Playwright for Python driving the system Chromium.
 
-Each view's test saves a screenshot into docs/screenshots/ for the README. The app
-serves tiny random checkpoints unless APP_CHECKPOINTS names others (tests/conftest.py).
+Each view's test takes a screenshot. The app serves tiny random checkpoints, whose
+pictures are noise, so the screenshots go to a temporary folder, unless APP_CHECKPOINTS
+names real ones: then they are the README's, in docs/screenshots/:
+
+    APP_CHECKPOINTS=checkpoints python -m pytest -q tests/test_browser.py
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu",
                  "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required"]
 ASSETS = service.ROOT / "assets"
-SCREENSHOTS = service.ROOT / "docs" / "screenshots"
 WAIT_MS = 120_000  # generous: the CPU is shared; no test asserts a time
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    if os.environ.get("APP_CHECKPOINTS"):
+        return service.ROOT / "docs" / "screenshots"
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +67,9 @@ def wait_for_text(page, elem_id: str, text: str):
                            arg=[elem_id, text], timeout=WAIT_MS)
 
 
-def screenshot(page, name: str):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
 
 
-def test_complete_an_image(page, outside_requests):
+def test_complete_an_image(page, outside_requests, screenshots):
     open_tab(page, "Image completion")
     page.locator("#image-input input[type=file]").set_input_files(ASSETS / "images" / "chelsea.png")
     # Record every row count the summary shows, to see the completions stream in.
@@ -77,13 +84,16 @@ def test_complete_an_image(page, outside_requests):
     wait_for_text(page, "image-summary", "Generated 16 of 16 rows")
     rows_seen = page.evaluate("[...window.rowsSeen]")
     assert min(rows_seen) < 16 and 16 in rows_seen, rows_seen
-    widths = page.locator("#completions img").evaluate_all("imgs => imgs.map(img => img.naturalWidth)")
+    widths = page.wait_for_function("""() => {
+        const images = [...document.querySelectorAll('#completions img')];
+        return images.every(img => img.complete && img.naturalWidth) && images.map(img => img.naturalWidth);
+    }""", timeout=WAIT_MS).json_value()
     assert widths == [256] * 4  # four samples, shown 8 times the model's 32 pixels
-    screenshot(page, "image")
+    page.screenshot(path=screenshots / "image.png", full_page=True)
     assert not outside_requests
 
 
-def test_continue_an_audio_clip(page, outside_requests):
+def test_continue_an_audio_clip(page, outside_requests, screenshots):
     open_tab(page, "Audio continuation")
     page.locator("#audio-input input[type=file]").set_input_files(ASSETS / "audio" / "guit_em9.flac")
     set_slider(page, "prompt-seconds", 1)
@@ -99,11 +109,11 @@ def test_continue_an_audio_clip(page, outside_requests):
     page.locator("#continuation button[aria-label='Play']").click()
     player = page.locator("#continuation audio[src^='blob:']")  # the waveform player's own element
     page.wait_for_function("el => el.currentTime > 0", arg=player.element_handle(), timeout=WAIT_MS)
-    screenshot(page, "audio")
+    page.screenshot(path=screenshots / "audio.png", full_page=True)
     assert not outside_requests
 
 
-def test_explore_a_text(page, outside_requests):
+def test_explore_a_text(page, outside_requests, screenshots):
     open_tab(page, "Surprisal explorer")
     text = (ASSETS / "text" / "sonnets.txt").read_text()[:600]
     page.locator("#explore-text textarea").fill(text)
@@ -112,7 +122,7 @@ def test_explore_a_text(page, outside_requests):
     spans.first.wait_for()
     assert spans.count() == len(text)
     assert "bits" in spans.first.get_attribute("title")
-    screenshot(page, "text")
+    page.screenshot(path=screenshots / "text.png", full_page=True)
     assert not outside_requests
 
 
