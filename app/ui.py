@@ -138,7 +138,7 @@ class Studio:
     @contextlib.contextmanager
     def model(self, modality: str):
         folder = self.folder(modality)
-        model, layout = service.load(folder)
+        model, layout = service.load_for(modality, folder)
         with self.locks[folder.name]:
             yield model, layout
 
@@ -227,16 +227,16 @@ class Studio:
             with self.model(kind) as (model, layout):
                 data = service.encode_file(data, layout, MAX_AUDIO_SECONDS)
                 scored = service.score_bytes(model, data, progress=lambda done, n: progress(done / n, desc="Scoring"))
-                s, image, page = scored.scores, None, ""
-                if kind == "image":
-                    image = adapters.image.decode(data, layout)
-                    chart = views.heat_map(adapters.image.surprisal_map(s.surprisal, layout))
-                elif kind == "audio":
-                    chart = views.surprisal_curve(s.surprisal, layout.sample_rate)
-                else:
-                    chart = views.patch_chart(s.surprisal, model.patch_size)
-                    page = (views.text_html if kind == "text" else views.hex_html)(
-                        data, s.surprisal, s.top_bytes, s.top_probs)
+                patch_size = model.patch_size
+            s, image, page = scored.scores, None, ""
+            if kind == "image":
+                image = adapters.image.decode(data, layout)
+                chart = views.heat_map(adapters.image.surprisal_map(s.surprisal, layout))
+            elif kind == "audio":
+                chart = views.surprisal_curve(s.surprisal, layout.sample_rate)
+            else:
+                chart = views.patch_chart(s.surprisal, patch_size)
+                page = (views.text_html if kind == "text" else views.hex_html)(data, s.surprisal, s.top_bytes, s.top_probs)
             summary = (f"Scored {len(data):,} bytes as {kind} with the {self.folder(kind).name} model "
                        f"in {scored.seconds:.1f} s: **{scored.bits_per_byte:.3f} bits per byte**.")
             return summary, page, chart, compression_rows(scored, image)

@@ -15,7 +15,6 @@ matplotlib.use("Agg")
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -115,22 +114,23 @@ def byte_label(b: int) -> str:
     return chr(b) if 0x21 <= b <= 0x7E else f"0x{b:02x}"
 
 
-def colour(bits: float) -> tuple[str, str]:
-    """Background and a readable text colour for a surprisal in bits."""
-    r, g, b, _ = COLOURS(min(bits / FULL_COLOUR_BITS, 1.0))
-    dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.55
-    return to_hex((r, g, b)), "#ffffff" if dark else "#000000"
+def colours(bits) -> list[tuple[str, str]]:
+    """Background and a readable text colour for each surprisal in bits."""
+    rgb = COLOURS(np.minimum(np.asarray(bits, dtype=np.float64) / FULL_COLOUR_BITS, 1.0))[:, :3]
+    dark = rgb @ np.array([0.299, 0.587, 0.114]) < 0.55
+    return [("#{:02x}{:02x}{:02x}".format(*channels), "#ffffff" if is_dark else "#000000")
+            for channels, is_dark in zip((rgb * 255).round().astype(int), dark)]
 
 
 def _spans(units, surprisal, top_bytes, top_probs) -> list[str]:
     """One <span> per (label, start, end) unit of the input, coloured by the bits of its bytes;
     its tooltip shows those bits and the model's top guesses for the unit's first byte."""
+    starts = np.array([start for _, start, _ in units], dtype=np.int64)
+    bits = np.add.reduceat(surprisal, starts) if len(units) else np.zeros(0)  # the units tile the input
     spans = []
-    for label, start, end in units:
-        bits = float(surprisal[start:end].sum())
+    for (label, start, _), unit_bits, (background, ink) in zip(units, bits, colours(bits)):
         guesses = ", ".join(f"{byte_label(b)} {p:.1%}" for b, p in zip(top_bytes[start], top_probs[start]))
-        background, ink = colour(bits)
-        title = html.escape(f"{bits:.1f} bits\nexpected: {guesses}", quote=True)
+        title = html.escape(f"{unit_bits:.1f} bits\nexpected: {guesses}", quote=True)
         spans.append(f'<span style="background:{background};color:{ink}" title="{title}">'
                      f"{html.escape(label)}</span>")
     return spans
@@ -138,10 +138,8 @@ def _spans(units, surprisal, top_bytes, top_probs) -> list[str]:
 
 def legend(unit: str) -> str:
     steps = np.linspace(0, FULL_COLOUR_BITS, 7)
-    cells = "".join(
-        f'<span style="background:{colour(b)[0]};color:{colour(b)[1]};padding:0 0.5em">{b:g}</span>'
-        for b in steps
-    )
+    cells = "".join(f'<span style="background:{background};color:{ink};padding:0 0.5em">{b:g}</span>'
+                    for b, (background, ink) in zip(steps, colours(steps)))
     return (f'<div class="surprisal-legend" style="margin-bottom:0.5em">bits per {unit}: {cells}+ '
             "(hover for the model's guesses)</div>")
 

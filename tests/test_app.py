@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app import service, ui
+from app import service, ui, views
 
 ASSETS = service.ROOT / "assets"
 PHOTO = ASSETS / "images" / "chelsea.png"
@@ -189,3 +189,14 @@ def test_the_shipped_checkpoints_load():
         model, layout = service.load(service.default_checkpoint(modality))
         assert layout.modality == modality
     assert ui.Studio(service.CHECKPOINTS).image_size() == service.load(service.default_checkpoint("image"))[1].image_size
+
+
+def test_each_character_is_coloured_by_the_bits_of_all_its_bytes():
+    data = "a☃".encode() + b"\xff"  # one, three and one (invalid) bytes
+    surprisal = np.array([1, 2, 3, 4, 20], np.float32)
+    guesses = np.zeros((5, 5), np.uint8), np.full((5, 5), 0.2, np.float32)
+    page = views.text_html(data, surprisal, *guesses)
+    titles = re.findall(r'title="([\d.]+) bits', page)
+    labels = [html.unescape(c) for c in re.findall(r'<span [^>]*title="[^"]*">(.*?)</span>', page, re.S)]
+    assert titles == ["1.0", "9.0", "20.0"] and labels == ["a", "☃", "\ufffd"]
+    assert page.count("#800026") == 2  # 20 bits: the darkest colour, as in the legend
