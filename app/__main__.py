@@ -30,10 +30,13 @@ def main(argv=None) -> int:
 
     demo = ui.build(args.checkpoints or service.CHECKPOINTS)
     try:
-        ui.launch(demo, args.host, args.port, args.threads)
-    except OSError as e:  # e.g. the port is taken
-        print(f"Cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
+        url = ui.launch(demo, args.host, args.port, args.threads)
+    except OSError:
+        print(f"Cannot serve on {args.host}:{args.port}: the port is taken or the address is not "
+              "this machine's; choose another with --port or --host.", file=sys.stderr)
         return 1
+    print(f"MegaByte studio: {url} (Ctrl+C stops it)", flush=True)
+    demo.block_thread()
     return 0
 
 

@@ -357,9 +357,11 @@ def build(checkpoints=service.CHECKPOINTS) -> gr.Blocks:
     return demo
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, threads: int = 1, block: bool = True):
-    """Serves the app: never through a share tunnel, uploads and queue capped."""
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, threads: int = 1) -> str:
+    """Starts serving the app in the background and returns its URL: never through a share
+    tunnel, with uploads and the queue capped."""
     torch.set_num_threads(threads)  # one byte at a time: more threads mostly wait on each other
     demo.queue(default_concurrency_limit=CONCURRENT_REQUESTS, max_size=MAX_QUEUE)
-    return demo.launch(server_name=host, server_port=port, share=False, max_file_size=f"{MAX_UPLOAD_MB}mb",
-                       theme=THEME, ssr_mode=False, prevent_thread_lock=not block, quiet=not block)
+    _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=f"{MAX_UPLOAD_MB}mb",
+                            theme=THEME, ssr_mode=False, prevent_thread_lock=True, quiet=True)
+    return url

@@ -28,15 +28,21 @@ def tiny_checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def app_url(tiny_checkpoints):
+def free_port():
+    """A function that returns a port nothing listens on now."""
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return pick
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_checkpoints, free_port):
     """The web app, served in this process for the whole session, on the tiny checkpoints or on
     the folder APP_CHECKPOINTS names (APP_CHECKPOINTS=checkpoints takes the README's screenshots)."""
     from app import ui
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     demo = ui.build(os.environ.get("APP_CHECKPOINTS") or tiny_checkpoints)
-    _, url, _ = ui.launch(demo, port=port, block=False)
-    yield url
+    yield ui.launch(demo, port=free_port())
     demo.close()

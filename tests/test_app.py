@@ -177,6 +177,18 @@ def test_uploads_are_capped(client, app_url, bad_files):
     still_serves(client)
 
 
+def test_python_m_app_serves_the_checkpoints_it_is_given(tiny_checkpoints, free_port):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "app", "--checkpoints", str(tiny_checkpoints), "--port", str(port)],
+                              cwd=service.ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().startswith(f"MegaByte studio: http://127.0.0.1:{port}/")
+        still_serves(Client(f"http://127.0.0.1:{port}/", verbose=False))
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def test_help_names_the_defaults():
     result = subprocess.run([sys.executable, "-m", "app", "--help"], capture_output=True, text=True,
                             cwd=service.ROOT, check=True)
