@@ -32,7 +32,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from adapters import AdapterError, Layout, audio, image
-from model import CheckpointError, load_checkpoint, score
+from app.service import UserError, load_for
+from model import score
 from training.train import machine_description
 
 GENERAL = {
@@ -208,14 +209,6 @@ def measure(model, held_out: HeldOut) -> Measured:
     return Measured(held_out, model_bits_per_byte(model, held_out.windows, held_out.label), yardsticks)
 
 
-def load(folder: Path, modality: str, device: torch.device):
-    model, layout = load_checkpoint(folder, device)
-    layout = Layout.from_dict(layout)
-    if layout.modality != modality:
-        raise BenchError(f"{folder} holds a {layout.modality} checkpoint, not a {modality} one.")
-    return model, layout
-
-
 def describe(folder: Path, model) -> str:
     parameters = sum(p.numel() for p in model.parameters())
     return f"`{folder}`: {parameters / 1e6:.2f} M parameters, patch {model.patch_size}, context {model.context} bytes"
@@ -321,7 +314,7 @@ def main(argv=None):
                 print(f"No checkpoint at {folder}: skipping {kind}.", file=sys.stderr)
                 missing.append(str(folder))
                 continue
-            model, layout = load(folder, kind, device)
+            model, layout = load_for(kind, folder)
             checkpoints.append(describe(folder, model))
             if kind == "image":
                 held_out = image_rows(args.data, layout, min(args.images, max(1, limit // layout.bytes_per_image)))
@@ -331,7 +324,7 @@ def main(argv=None):
             for row in held_out:
                 print(f"{row.label}: {row.used}", file=sys.stderr)
                 rows.append(measure(model, row))
-    except (BenchError, CheckpointError, AdapterError) as e:
+    except (BenchError, UserError, AdapterError) as e:
         sys.exit(f"bench.compression: {e}")
     if not rows:
         sys.exit(f"bench.compression: there is no text, image or audio checkpoint in {args.checkpoints}.")

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure  # without pyplot: no GUI backend, PNGs are
 from tqdm import tqdm
 
 from adapters import AdapterError, Layout, image, text
-from model import CheckpointError, Sampling, generate, load_checkpoint, score
+from app.service import UserError, load_for
+from model import Sampling, generate, score
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SCALE = 4  # nearest-neighbour upscaling of each image for display
@@ -103,14 +104,6 @@ def text_surprisal(model, data: bytes, name: str, out: Path):
     fig.savefig(out, dpi=100)
 
 
-def load(folder: Path, modality: str):
-    model, layout = load_checkpoint(folder)
-    layout = Layout.from_dict(layout)
-    if layout.modality != modality:
-        raise CheckpointError(f"{folder} holds a {layout.modality} checkpoint, not a {modality} one.")
-    return model, layout
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.figures",
@@ -145,15 +138,15 @@ def main(argv=None):
     made = []
     try:
         if (args.checkpoints / "image").is_dir():
-            model, layout = load(args.checkpoints / "image", "image")
+            model, layout = load_for("image", args.checkpoints / "image")
             made.append(args.out / "image_completions.png")
             image_completions(model, layout, made[-1], args.images, args.samples, sampling, args.seed)
         if (args.checkpoints / "text").is_dir():
-            model, _ = load(args.checkpoints / "text", "text")
+            model, _ = load_for("text", args.checkpoints / "text")
             made.append(args.out / "text_surprisal.png")
             data = text.read(args.text)[: args.text_bytes]
             text_surprisal(model, data, args.text.name, made[-1])
-    except (CheckpointError, AdapterError) as e:
+    except (UserError, AdapterError) as e:
         sys.exit(f"bench.figures: {e}")
     if not made:
         sys.exit(f"bench.figures: there is no image or text checkpoint in {args.checkpoints}.")
