@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    limit = args.limit_bytes or float("inf")
+    limit = args.limit_bytes or sys.maxsize  # an int: float("inf") // n is nan
     if min(args.text_bytes, args.images, args.audio_bytes, limit, args.threads) <= 0:
         sys.exit("bench.compression: the sizes of the held-out sets and --threads must be positive.")
     torch.set_num_threads(args.threads)

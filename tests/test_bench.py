@@ -164,3 +164,10 @@ def test_figures_draw_completions_and_surprisal(checkpoints, tmp_path):
     surprisal = Image.open(tmp_path / "text_surprisal.png")
     assert completions.width > 4 * 128 and completions.height > 2 * 128  # original, given, 2 samples; 2 photos
     assert surprisal.width > surprisal.height
+
+
+def test_without_a_byte_limit_the_asked_number_of_images_is_used(checkpoints, data, tmp_path):
+    out = tmp_path / "compression.md"
+    compression.main(["--checkpoints", str(checkpoints), "--data", str(data), "--out", str(out),
+                      "--images", "5", "--text-bytes", "2048", "--audio-bytes", "2048", "--threads", "1"])
+    assert "5 of the 8 32x32 crops" in out.read_text()
