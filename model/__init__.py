@@ -2,7 +2,8 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
 from .config import ConfigError, FlatConfig, MegaByteConfig, config_from_dict
-from .generate import Sampling, generate, generate_stream
+from .generate import generate, generate_stream
+from .sampling import Sampling
 from .megabyte import FlatTransformer, MegaByte, build_model, compile_decoding, next_byte_loss
 from .score import Scores, score
 

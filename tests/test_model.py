@@ -12,6 +12,7 @@ from model import (
     config_from_dict, generate, generate_stream, load_checkpoint, next_byte_loss,
     save_checkpoint, score,
 )
+from model.sampling import sample
 from model.score import window_plan
 
 TINY = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=2, global_heads=2,
@@ -152,6 +153,23 @@ def test_greedy_generation_follows_the_full_forward_pass_past_the_context(config
         sequence.append(byte)
 
 
+def test_sampling_follows_the_distribution_and_keeps_only_allowed_bytes():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05] + [0.0] * 252)
+    logits = probs.clamp_min(1e-12).log().expand(40_000, -1)
+    uniform = torch.rand(logits.shape, generator=torch.Generator().manual_seed(0))
+
+    def frequencies(**how):
+        return torch.bincount(sample(logits, Sampling(**how).knobs("cpu"), uniform), minlength=256)[:5] / 40_000
+
+    assert torch.allclose(frequencies(), torch.tensor([0.5, 0.3, 0.15, 0.05, 0]), atol=0.01)
+    assert torch.allclose(frequencies(top_k=2), torch.tensor([0.625, 0.375, 0, 0, 0]), atol=0.01)
+    assert torch.allclose(frequencies(top_p=0.7), torch.tensor([0.625, 0.375, 0, 0, 0]), atol=0.01)
+    assert torch.allclose(frequencies(top_p=0.85), torch.tensor([0.5, 0.3, 0.15, 0, 0]) / 0.95, atol=0.01)
+    assert frequencies(temperature=0)[0] == 1
+    sharp = frequencies(temperature=0.5)  # p^2, renormalised
+    assert torch.allclose(sharp[:4], probs[:4] ** 2 / (probs[:4] ** 2).sum(), atol=0.01)
+
+
 def test_top_k_one_is_greedy():
     model = tiny()
     greedy = generate(model, b"q", 20, sampling=Sampling(temperature=0))
@@ -220,7 +238,8 @@ def test_configs_round_trip_through_json():
 def test_compiled_decoding_gives_the_same_bytes(config):
     from model import compile_decoding
 
-    sampling = Sampling(temperature=0.8, top_k=20)
-    eager = generate(tiny(config), b"compile me", 24, samples=2, sampling=sampling, seed=5)
-    compiled = generate(compile_decoding(tiny(config)), b"compile me", 24, samples=2, sampling=sampling, seed=5)
-    assert compiled == eager
+    compiled = compile_decoding(tiny(config))
+    # the second setting reuses the compiled step: the settings are a tensor, not constants
+    for sampling in (Sampling(temperature=0.8, top_k=20), Sampling(temperature=0)):
+        eager = generate(tiny(config), b"compile me", 40, samples=2, sampling=sampling, seed=5)
+        assert generate(compiled, b"compile me", 40, samples=2, sampling=sampling, seed=5) == eager
