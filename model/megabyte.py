@@ -55,19 +55,23 @@ class MegaByte(nn.Module):
         b, k, _ = g.shape
         return self.global_to_local(g.reshape(b, k, self.patch_size, self.config.byte_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, predict_from: int = 0) -> torch.Tensor:
+        """Logits (B, T - predict_from, 256) for bytes predict_from.. (a multiple of P).
+        The global model reads all of x; the local model runs only where predictions are
+        asked for, which scoring with overlapping windows uses to skip the context half."""
         b, t = x.shape
         p, d_local = self.patch_size, self.config.local_dim
-        if t % p or t > self.context:
-            raise ValueError(f"input length {t} must be a multiple of {p} and at most {self.context}.")
-        k = t // p
+        if t % p or t > self.context or predict_from % p:
+            raise ValueError(f"input length {t} and predict_from {predict_from} must be multiples of {p}, "
+                             f"and the length at most {self.context}.")
+        first, k = predict_from // p, t // p
         patches = self.embed_patches(x)
         global_in = torch.cat([self.global_pad.expand(b, 1, -1), patches[:, :-1]], dim=1)
-        from_global = self.split_global(self.global_model(global_in))
-        local_in = self.local_embed(x.long()).reshape(b, k, p, d_local)
-        local_in = torch.cat([self.local_pad.expand(b, k, 1, d_local), local_in[:, :, :-1]], dim=2)
-        h = self.local_model((local_in + from_global).reshape(b * k, p, d_local))
-        return self.head(h).reshape(b, t, 256)
+        from_global = self.split_global(self.global_model(global_in)[:, first:])
+        local_in = self.local_embed(x.long()).reshape(b, k, p, d_local)[:, first:]
+        local_in = torch.cat([self.local_pad.expand(b, k - first, 1, d_local), local_in[:, :, :-1]], dim=2)
+        h = self.local_model((local_in + from_global).reshape(b * (k - first), p, d_local))
+        return self.head(h).reshape(b, t - predict_from, 256)
 
     # Cached decoding: the global model runs once per patch, the local model once per byte.
 
@@ -174,10 +178,10 @@ class FlatTransformer(nn.Module):
         positions = torch.arange(h.shape[1], device=x.device) + start
         return h + self.position_embed(positions)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, predict_from: int = 0) -> torch.Tensor:
         if x.shape[1] > self.context:
             raise ValueError(f"input length {x.shape[1]} is longer than the context {self.context}.")
-        return self.head(self.transformer(self.embed(x[:, :-1], 0, with_start=True)))
+        return self.head(self.transformer(self.embed(x[:, :-1], 0, with_start=True))[:, predict_from:])
 
     def setup_cache(self, batch: int, dtype=torch.float32):
         self.transformer.setup_cache(batch, self.context, dtype)

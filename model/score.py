@@ -76,16 +76,18 @@ def score(
         for r, (start, _, end) in enumerate(group):
             rows[r, : end - start] = x[start:end]
         rows = rows.to(device)
+        # the bytes before the first scored one are context only: no predictions for them
+        skip = min(first - start for start, first, _ in group)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(rows)
+            logits = model(rows, predict_from=skip)
         logp = logits.float().log_softmax(-1)
-        bits = (-logp.gather(-1, rows[..., None])[..., 0] / math.log(2)).cpu().numpy()
+        bits = (-logp.gather(-1, rows[:, skip:, None])[..., 0] / math.log(2)).cpu().numpy()
         ent = (-(logp.exp() * logp).sum(-1) / math.log(2)).cpu().numpy()
         if top:
             probs, idx = logp.exp().topk(top, dim=-1)
             probs, idx = probs.cpu().numpy(), idx.cpu().numpy()
         for r, (start, first, end) in enumerate(group):
-            a, b = first - start, end - start
+            a, b = first - start - skip, end - start - skip
             surprisal[first:end] = bits[r, a:b]
             entropy[first:end] = ent[r, a:b]
             if top:

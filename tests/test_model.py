@@ -59,6 +59,16 @@ def test_cached_decoding_matches_full_forward(config, prompt_len):
     assert (cached - full[:, prompt_len:]).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
+def test_predicting_from_a_later_byte_gives_the_same_logits(config):
+    model = tiny(config)
+    x = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(x)
+        for first in (0, 8, 16, 28):
+            assert torch.allclose(model(x, predict_from=first), full[:, first:], atol=1e-6)
+
+
 def test_byte_zero_counts_in_the_loss():
     model = tiny()
     x = torch.zeros(1, 32, dtype=torch.long)
