@@ -2,8 +2,9 @@
 
 Measures, in one run on this machine: the matmul ceiling (fp32, bf16); training bytes/s
 and model FLOPs utilisation for MegaByte and the flat baseline (fp32/bf16, eager/compiled);
-generation bytes/s at batch 1 and 8 (MegaByte cached, flat cached, MegaByte recomputing
-the whole sequence for every byte); scoring 1 MB and 2 MB (seconds, peak memory).
+generation bytes/s at batch 1 and 8 (MegaByte cached, eager and compiled, flat cached,
+MegaByte recomputing the whole sequence for every byte, and the floor that the matrix
+products alone set); scoring 1 MB and 2 MB (seconds, peak memory).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from model import (FlatConfig, MegaByteConfig, Sampling, build_model, compile_decoding,
                    generate, next_byte_loss)
@@ -74,6 +76,29 @@ def generation_speed(model, samples: int, new_bytes: int) -> float:
     start = time.perf_counter()
     generate(model, b"The prompt. ", new_bytes, samples, Sampling(top_k=50))
     return samples * new_bytes / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def matmul_floor(model, samples: int, repeats: int = 50) -> float:
+    """Bytes/s if MegaByte decoding did nothing but its matrix products: each Linear of the
+    global model once per patch, those of the local model and the head once per byte.
+    At small batches they read more weight bytes than the caches hold, so memory sets it."""
+    def linears(module):
+        return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+    per_patch = linears(model.global_model) + [model.global_to_local]
+    per_patch += (linears(model.local_model) + [model.head]) * model.patch_size
+    inputs = [torch.randn(samples, m.in_features) for m in per_patch]
+
+    def one_patch():
+        for linear, x in zip(per_patch, inputs):
+            linear(x)
+
+    one_patch()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        one_patch()
+    return samples * model.patch_size * repeats / (time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -168,7 +193,8 @@ def main(argv=None):
             ("MegaByte, whole sequence recomputed every byte", lambda s: recompute_speed(megabyte, s, new_bytes // 4))]
     if not args.no_compile:
         compiled = compile_decoding(build_model(MEGABYTE).eval())
-        rows.insert(1, ("MegaByte, KV caches, compiled decode steps", lambda s: generation_speed(compiled, s, new_bytes)))
+        rows.insert(1, ("MegaByte, KV caches, compiled patch step", lambda s: generation_speed(compiled, s, new_bytes)))
+    rows.append(("floor: MegaByte's matrix products alone, nothing else", lambda s: matmul_floor(megabyte, s)))
     for name, measure in rows:
         lines.append(f"| {name} | {measure(1):,.0f} | {measure(8):,.0f} |")
         print(lines[-1], flush=True)
