@@ -133,6 +133,8 @@ class MegaByte(nn.Module):
     def decode_patch(self, logits: torch.Tensor, uniform: torch.Tensor, knobs: torch.Tensor):
         """Samples the whole patch that starts here, at a patch boundary (see `patch_step`).
         `uniform` (B, P, 256) is its randomness. Returns the patch (B, P) and the next logits."""
+        if self._length % self.patch_size:
+            raise ValueError("decode_patch starts at a patch boundary; finish the patch with decode_one.")
         position = torch.tensor([self._length // self.patch_size + 1], device=logits.device)
         patch, self._from_global, logits = self.decode_patch_step(
             logits, self._from_global, position, uniform, knobs)
