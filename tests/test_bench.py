@@ -11,10 +11,7 @@ from PIL import Image
 
 from adapters import Layout, audio
 from bench import compression, figures
-from model import MegaByteConfig, build_model, save_checkpoint
 
-TINY = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=1, global_heads=1,
-                      local_dim=16, local_layers=1, local_heads=1, max_bytes=256)
 LAYOUTS = {
     "text": Layout("text"),
     "image": Layout("image", image_size=32, patch_size=4),
@@ -30,15 +27,6 @@ def keep_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    for kind, layout in LAYOUTS.items():
-        save_checkpoint(folder / kind, build_model(TINY), layout.to_dict())
-    return folder
 
 
 def write_split(folder, split, files: list[bytes], manifest: dict):
@@ -79,9 +67,9 @@ def read_table(markdown: str) -> dict[str, dict[str, str]]:
     return {row[0]: dict(zip(header, row)) for row in rows}
 
 
-def test_compression_table_has_every_row_and_yardstick(checkpoints, data, tmp_path, capsys):
+def test_compression_table_has_every_row_and_yardstick(tiny_checkpoints, data, tmp_path, capsys):
     out = tmp_path / "results" / "compression.md"
-    compression.main(["--checkpoints", str(checkpoints), "--data", str(data), "--out", str(out),
+    compression.main(["--checkpoints", str(tiny_checkpoints), "--data", str(data), "--out", str(out),
                       "--limit-bytes", "4096", "--threads", "1"])
     report = out.read_text()
     assert "UTC" in report and "cores" in report and "--limit-bytes 4096" in report
@@ -107,10 +95,10 @@ def test_compression_table_has_every_row_and_yardstick(checkpoints, data, tmp_pa
     assert "held-out data" in capsys.readouterr().out  # the table is printed too
 
 
-def test_missing_checkpoint_is_skipped_and_missing_data_is_one_sentence(checkpoints, data, tmp_path):
+def test_missing_checkpoint_is_skipped_and_missing_data_is_one_sentence(tiny_checkpoints, data, tmp_path):
     only_text = tmp_path / "checkpoints"
     only_text.mkdir()
-    (only_text / "text").symlink_to(checkpoints / "text")
+    (only_text / "text").symlink_to(tiny_checkpoints / "text")
     out = tmp_path / "compression.md"
     compression.main(["--checkpoints", str(only_text), "--data", str(data), "--out", str(out), "--limit-bytes", "2048",
                       "--threads", "1"])
@@ -157,8 +145,8 @@ def test_evenly_spaced_stretches_cover_the_split_and_cut_at_files():
     assert len(pieces) == compression.STRETCHES + 1  # the second stretch, 1448..1548, spans the file start at 1500
 
 
-def test_figures_draw_completions_and_surprisal(checkpoints, tmp_path):
-    figures.main(["--checkpoints", str(checkpoints), "--out", str(tmp_path), "--images", "2", "--samples", "2",
+def test_figures_draw_completions_and_surprisal(tiny_checkpoints, tmp_path):
+    figures.main(["--checkpoints", str(tiny_checkpoints), "--out", str(tmp_path), "--images", "2", "--samples", "2",
                   "--text-bytes", "300"])
     completions = Image.open(tmp_path / "image_completions.png")
     surprisal = Image.open(tmp_path / "text_surprisal.png")
@@ -166,8 +154,8 @@ def test_figures_draw_completions_and_surprisal(checkpoints, tmp_path):
     assert surprisal.width > surprisal.height
 
 
-def test_without_a_byte_limit_the_asked_number_of_images_is_used(checkpoints, data, tmp_path):
+def test_without_a_byte_limit_the_asked_number_of_images_is_used(tiny_checkpoints, data, tmp_path):
     out = tmp_path / "compression.md"
-    compression.main(["--checkpoints", str(checkpoints), "--data", str(data), "--out", str(out),
+    compression.main(["--checkpoints", str(tiny_checkpoints), "--data", str(data), "--out", str(out),
                       "--images", "5", "--text-bytes", "2048", "--audio-bytes", "2048", "--threads", "1"])
     assert "5 of the 8 32x32 crops" in out.read_text()

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from PIL import Image
 
 from adapters import Layout, audio, image
 from app import cli
-from model import MegaByteConfig, build_model, save_checkpoint
+from model import read_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -29,18 +28,6 @@ LAYOUTS = {
     "image": Layout("image", image_size=32, patch_size=4),
     "audio": Layout("audio", sample_rate=8000),
 }
-TINY = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=1, global_heads=1,
-                      local_dim=16, local_layers=1, local_heads=1, max_bytes=4096)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """One untrained model per modality: the command line only needs the layouts to be right."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    for name, layout in LAYOUTS.items():
-        save_checkpoint(folder / name, build_model(TINY), layout.to_dict())
-    return folder
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -68,8 +55,8 @@ def audio_length_at(rate: int, path: Path) -> int:
     ("image", "images/astronaut.png", 32 * 32 * 3),
     ("audio", "audio/ambi_choir.flac", audio_length_at(8000, ASSETS / "audio/ambi_choir.flac")),
 ])
-def test_score_json_reports_the_encoded_bytes(checkpoints, modality, name, encoded_length):
-    folder = checkpoints / ("text" if modality == "bytes" else modality)
+def test_score_json_reports_the_encoded_bytes(tiny_checkpoints, modality, name, encoded_length):
+    folder = tiny_checkpoints / ("text" if modality == "bytes" else modality)
     report = json.loads(succeeds("score", ASSETS / name, "--modality", modality, "--checkpoint", folder, "--json"))
     assert report["modality"] == modality and report["checkpoint"] == str(folder)
     assert report["bytes"] == encoded_length
@@ -78,32 +65,33 @@ def test_score_json_reports_the_encoded_bytes(checkpoints, modality, name, encod
     assert "surprisal" not in report
 
 
-def test_score_per_byte_and_summary(checkpoints):
+def test_score_per_byte_and_summary(tiny_checkpoints):
     text = ASSETS / "text/sonnets.txt"
-    args = ("score", text, "--modality", "text", "--checkpoint", checkpoints / "text")
+    args = ("score", text, "--modality", "text", "--checkpoint", tiny_checkpoints / "text")
     report = json.loads(succeeds(*args, "--json", "--per-byte"))
     surprisal = np.array(report["surprisal"])
     assert len(surprisal) == report["bytes"] == text.stat().st_size
     assert surprisal.mean() == pytest.approx(report["bits_per_byte"], abs=1e-3)
-    assert len(report["patch_surprisal"]) == -(-report["bytes"] // TINY.patch_size)
+    patch_size = read_config(tiny_checkpoints / "text")["model"]["patch_size"]
+    assert len(report["patch_surprisal"]) == -(-report["bytes"] // patch_size)
     summary = succeeds(*args).splitlines()  # for people: a few lines, the numbers and the spots
     assert len(summary) < 10
     assert "bits per byte" in summary[1] and any("gzip" in line for line in summary)
     assert any(line.strip().startswith("bytes ") for line in summary)  # where the surprises are
 
 
-def test_generate_text_adds_the_asked_bytes(checkpoints, tmp_path):
+def test_generate_text_adds_the_asked_bytes(tiny_checkpoints, tmp_path):
     out = tmp_path / "out.txt"
     succeeds("generate", "text", "--prompt", "In the beginning", "--bytes", 40, "--out", out,
-             "--checkpoint", checkpoints / "text", "--seed", 1)
+             "--checkpoint", tiny_checkpoints / "text", "--seed", 1)
     written = out.read_bytes()
     assert len(written) == len("In the beginning") + 40 and written.startswith(b"In the beginning")
 
 
-def test_generate_image_keeps_the_top_rows(checkpoints, tmp_path):
+def test_generate_image_keeps_the_top_rows(tiny_checkpoints, tmp_path):
     source, rows = ASSETS / "images/astronaut.png", 24
     succeeds("generate", "image", source, "--rows", rows, "--samples", 2, "--out", tmp_path / "done.png",
-             "--checkpoint", checkpoints / "image", "--top-k", 50)
+             "--checkpoint", tiny_checkpoints / "image", "--top-k", 50)
     original = np.asarray(image.load(source, LAYOUTS["image"]))
     for number in (1, 2):
         completed = Image.open(tmp_path / f"done_{number}.png")
@@ -112,10 +100,10 @@ def test_generate_image_keeps_the_top_rows(checkpoints, tmp_path):
     assert not (tmp_path / "done.png").exists()
 
 
-def test_generate_audio_writes_prompt_and_continuation(checkpoints, tmp_path):
+def test_generate_audio_writes_prompt_and_continuation(tiny_checkpoints, tmp_path):
     source, out, layout = ASSETS / "audio/ambi_choir.flac", tmp_path / "more.wav", LAYOUTS["audio"]
     succeeds("generate", "audio", source, "--prompt-seconds", 0.5, "--seconds", 0.1, "--out", out,
-             "--checkpoint", checkpoints / "audio", "--temperature", 0.8)
+             "--checkpoint", tiny_checkpoints / "audio", "--temperature", 0.8)
     pcm, rate = sf.read(out, dtype="int16")
     assert sf.info(out).format == "WAV" and rate == 8000 and len(pcm) == 4000 + 800
     prompt = audio.decode(audio.encode(audio.load(source, layout, max_seconds=0.5), layout), layout)
@@ -132,7 +120,7 @@ def ogg_crc(page: bytes) -> int:
     return crc
 
 
-def test_score_accepts_an_ogg_without_end_of_stream_flag(checkpoints, tmp_path):
+def test_score_accepts_an_ogg_without_end_of_stream_flag(tiny_checkpoints, tmp_path):
     """Tux Paint's clips end this way; libsndfile decodes them whole, so they are not truncated."""
     buffer = io.BytesIO()
     tone = 0.3 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000)
@@ -144,7 +132,7 @@ def test_score_accepts_an_ogg_without_end_of_stream_flag(checkpoints, tmp_path):
     data[last_page + 22 : last_page + 26] = ogg_crc(data[last_page:]).to_bytes(4, "little")
     clip = tmp_path / "clip.ogg"
     clip.write_bytes(data)
-    report = json.loads(succeeds("score", clip, "--modality", "audio", "--checkpoint", checkpoints / "audio", "--json"))
+    report = json.loads(succeeds("score", clip, "--modality", "audio", "--checkpoint", tiny_checkpoints / "audio", "--json"))
     assert report["bytes"] == 8000
 
 
@@ -181,8 +169,8 @@ def bad_inputs(assets, folder, tmp):
     ]
 
 
-def test_bad_input_gives_one_sentence_and_a_nonzero_exit(checkpoints, tmp_path, capsys):
-    for args, word in bad_inputs(ASSETS, checkpoints, tmp_path):
+def test_bad_input_gives_one_sentence_and_a_nonzero_exit(tiny_checkpoints, tmp_path, capsys):
+    for args, word in bad_inputs(ASSETS, tiny_checkpoints, tmp_path):
         with pytest.raises(SystemExit) as stopped:
             cli.main([str(a) for a in args])
         stderr = capsys.readouterr().err
