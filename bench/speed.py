@@ -3,8 +3,9 @@
 Measures, in one run on this machine: the matmul ceiling (fp32, bf16); training bytes/s
 and model FLOPs utilisation for MegaByte and the flat baseline (fp32/bf16, eager/compiled);
 generation bytes/s at batch 1 and 8 (MegaByte cached, eager and compiled, flat cached,
-MegaByte recomputing the whole sequence for every byte, and the floor that the matrix
-products alone set); scoring 1 MB and 2 MB (seconds, peak memory).
+MegaByte recomputing the whole sequence for every byte, what MegaByte's Linear calls
+alone reach, and the ceiling that memory bandwidth and the matmul peak set); scoring 1 MB
+and 2 MB (seconds, peak memory).
 """
 
 from __future__ import annotations
@@ -78,20 +79,24 @@ def generation_speed(model, samples: int, new_bytes: int) -> float:
     return samples * new_bytes / (time.perf_counter() - start)
 
 
-@torch.no_grad()
-def matmul_floor(model, samples: int, repeats: int = 50) -> float:
-    """Bytes/s if MegaByte decoding did nothing but its matrix products: each Linear of the
-    global model once per patch, those of the local model and the head once per byte.
-    At small batches they read more weight bytes than the caches hold, so memory sets it."""
+def decoding_linears(model) -> tuple[list[nn.Linear], list[nn.Linear]]:
+    """MegaByte's Linear layers used once per patch (global) and once per byte (local, head)."""
     def linears(module):
         return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
-    per_patch = linears(model.global_model) + [model.global_to_local]
-    per_patch += (linears(model.local_model) + [model.head]) * model.patch_size
-    inputs = [torch.randn(samples, m.in_features) for m in per_patch]
+    return linears(model.global_model) + [model.global_to_local], linears(model.local_model) + [model.head]
+
+
+@torch.no_grad()
+def linear_calls_speed(model, samples: int, repeats: int = 50) -> float:
+    """Bytes/s if MegaByte decoding did nothing but call its Linear layers, eagerly: each
+    global one once per patch, each local one and the head once per byte."""
+    per_patch, per_byte = decoding_linears(model)
+    calls = per_patch + per_byte * model.patch_size
+    inputs = [torch.randn(samples, m.in_features) for m in calls]
 
     def one_patch():
-        for linear, x in zip(per_patch, inputs):
+        for linear, x in zip(calls, inputs):
             linear(x)
 
     one_patch()
@@ -99,6 +104,28 @@ def matmul_floor(model, samples: int, repeats: int = 50) -> float:
     for _ in range(repeats):
         one_patch()
     return samples * model.patch_size * repeats / (time.perf_counter() - start)
+
+
+def streaming_bandwidth(n_bytes: int, repeats: int = 20) -> float:
+    """Bytes/s at which this machine reads n_bytes over and over (a sum over them); with
+    n_bytes the size of the weights, they sit in the same cache level as in decoding."""
+    data = torch.ones(n_bytes // 4)
+    data.sum()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        data.sum()
+    return n_bytes * repeats / (time.perf_counter() - start)
+
+
+def decoding_ceiling(model, samples: int, bandwidth: float, peak_flops: float) -> float:
+    """Bytes/s that the hardware allows MegaByte's decoding, as a roofline: per patch, the
+    global weights are read once and the local ones once per byte (memory), and every
+    weight use costs 2 FLOPs per sample (compute). Attention and sampling are left out,
+    so no implementation on this machine can beat it."""
+    per_patch, per_byte = decoding_linears(model)
+    weights = sum(m.weight.numel() for m in per_patch) + model.patch_size * sum(m.weight.numel() for m in per_byte)
+    seconds = max(4 * weights / bandwidth, 2 * samples * weights / peak_flops)
+    return samples * model.patch_size / seconds
 
 
 @torch.no_grad()
@@ -194,7 +221,11 @@ def main(argv=None):
     if not args.no_compile:
         compiled = compile_decoding(build_model(MEGABYTE).eval())
         rows.insert(1, ("MegaByte, KV caches, compiled patch step", lambda s: generation_speed(compiled, s, new_bytes)))
-    rows.append(("floor: MegaByte's matrix products alone, nothing else", lambda s: matmul_floor(megabyte, s)))
+    weight_bytes = 4 * sum(p.numel() for p in megabyte.parameters())
+    bandwidth = streaming_bandwidth(weight_bytes)
+    rows += [("MegaByte's Linear calls alone (eager), nothing else", lambda s: linear_calls_speed(megabyte, s)),
+             (f"ceiling: weight reads at {bandwidth / 1e9:.0f} GB/s or FLOPs at the fp32 peak",
+              lambda s: decoding_ceiling(megabyte, s, bandwidth, peaks["fp32"] * 1e9))]
     for name, measure in rows:
         lines.append(f"| {name} | {measure(1):,.0f} | {measure(8):,.0f} |")
         print(lines[-1], flush=True)

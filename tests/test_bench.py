@@ -1,4 +1,5 @@
-"""bench.compression and bench.figures on tiny random checkpoints and tiny synthetic held-out data."""
+"""bench.compression and bench.figures on tiny random checkpoints and tiny synthetic held-out data;
+bench.speed at its smallest sizes."""
 
 import io
 import json
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from adapters import Layout, audio
-from bench import compression, figures
+from bench import compression, figures, speed
 
 LAYOUTS = {
     "text": Layout("text"),
@@ -159,3 +160,28 @@ def test_without_a_byte_limit_the_asked_number_of_images_is_used(tiny_checkpoint
     compression.main(["--checkpoints", str(tiny_checkpoints), "--data", str(data), "--out", str(out),
                       "--images", "5", "--text-bytes", "2048", "--audio-bytes", "2048", "--threads", "1"])
     assert "5 of the 8 32x32 crops" in out.read_text()
+
+
+def test_speed_quick_run_writes_every_table(tmp_path):
+    out = tmp_path / "speed.md"
+    speed.main(["--quick", "--no-compile", "--out", str(out)])
+    markdown = out.read_text()
+    for heading in ("Matmul ceiling", "Training", "Generation", "Scoring"):
+        assert f"## {heading}" in markdown
+    generation = markdown.split("## Generation")[1].split("## Scoring")[0]
+    rows = [line for line in generation.splitlines() if line.startswith("| ") and "batch" not in line]
+    names = [row.split(" | ")[0].lstrip("| ") for row in rows]
+    assert names[:4] == ["MegaByte, KV caches in both models", "flat transformer, KV cache",
+                         "MegaByte, whole sequence recomputed every byte",
+                         "MegaByte's Linear calls alone (eager), nothing else"]
+    assert names[4].startswith("ceiling: weight reads at")
+    for row in rows:  # every cell a positive number of bytes/s
+        assert all(float(cell.replace(",", "")) > 0 for cell in row.strip("| ").split(" | ")[1:])
+
+
+def test_decoding_ceiling_is_set_by_memory_at_batch_1_and_by_compute_when_memory_is_free():
+    model = speed.build_model(speed.MEGABYTE)
+    per_patch, per_byte = speed.decoding_linears(model)
+    weights = sum(m.weight.numel() for m in per_patch) + 8 * sum(m.weight.numel() for m in per_byte)
+    assert speed.decoding_ceiling(model, 1, 40e9, float("inf")) == pytest.approx(8 * 40e9 / (4 * weights))
+    assert speed.decoding_ceiling(model, 8, float("inf"), 100e9) == pytest.approx(8 * 8 * 100e9 / (2 * 8 * weights))
