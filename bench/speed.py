@@ -117,13 +117,19 @@ def streaming_bandwidth(n_bytes: int, repeats: int = 20) -> float:
     return n_bytes * repeats / (time.perf_counter() - start)
 
 
+def weights_used_per_patch(model) -> int:
+    """Weights that decoding one patch multiplies by: the global ones once, the local ones
+    and the head once per byte."""
+    per_patch, per_byte = decoding_linears(model)
+    return sum(m.weight.numel() for m in per_patch) + model.patch_size * sum(m.weight.numel() for m in per_byte)
+
+
 def decoding_ceiling(model, samples: int, bandwidth: float, peak_flops: float) -> float:
     """Bytes/s that the hardware allows MegaByte's decoding, as a roofline: per patch, the
     global weights are read once and the local ones once per byte (memory), and every
     weight use costs 2 FLOPs per sample (compute). Attention and sampling are left out,
     so no implementation on this machine can beat it."""
-    per_patch, per_byte = decoding_linears(model)
-    weights = sum(m.weight.numel() for m in per_patch) + model.patch_size * sum(m.weight.numel() for m in per_byte)
+    weights = weights_used_per_patch(model)
     seconds = max(4 * weights / bandwidth, 2 * samples * weights / peak_flops)
     return samples * model.patch_size / seconds
 

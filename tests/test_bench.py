@@ -181,7 +181,7 @@ def test_speed_quick_run_writes_every_table(tmp_path):
 
 def test_decoding_ceiling_is_set_by_memory_at_batch_1_and_by_compute_when_memory_is_free():
     model = speed.build_model(speed.MEGABYTE)
-    per_patch, per_byte = speed.decoding_linears(model)
-    weights = sum(m.weight.numel() for m in per_patch) + 8 * sum(m.weight.numel() for m in per_byte)
+    weights = speed.weights_used_per_patch(model)
+    assert weights == 4 * 12 * 256**2 + 32 * 128 + 8 * (2 * 12 * 128**2 + 128 * 256)  # P=8
     assert speed.decoding_ceiling(model, 1, 40e9, float("inf")) == pytest.approx(8 * 40e9 / (4 * weights))
     assert speed.decoding_ceiling(model, 8, float("inf"), 100e9) == pytest.approx(8 * 8 * 100e9 / (2 * 8 * weights))
