@@ -26,6 +26,7 @@ from tqdm import tqdm
 import adapters
 from app import service
 from app.service import UserError
+from model import compile_decoding
 
 SPOTS = 3  # how many of the most surprising places the summary names
 
@@ -174,6 +175,8 @@ def load_checkpoint(args, modality: str):
 def continue_prompt(model, prompt: bytes, new_bytes: int, args) -> list[bytes]:
     """The prompt followed by each sample's new bytes."""
     how = service.sampling(args.temperature, args.top_k, args.top_p)
+    if args.compile:
+        compile_decoding(model)
     stream = service.continue_bytes(model, prompt, new_bytes, args.samples, how, args.seed)
     with progress_bar(new_bytes, "generating") as bar:
         parts = []
@@ -245,6 +248,9 @@ def build_parser() -> Parser:
     sampling.add_argument("--samples", type=int, default=1, metavar="N",
                           help="how many outputs, 1 to 8 (default: 1); several are written to OUT_1, OUT_2, ... "
                                "beside OUT (printed text comes one after another)")
+    sampling.add_argument("--compile", action="store_true",
+                          help="compile the decoding step first: about 3x faster on long outputs, but each new "
+                               "number of samples first compiles for 1-2 minutes (a few seconds once cached)")
 
     generate_parser = commands.add_parser("generate", help="continue a text, an image or an audio clip",
                                           description="Continue a prompt with the model.")

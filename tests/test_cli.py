@@ -88,6 +88,20 @@ def test_generate_text_adds_the_asked_bytes(tiny_checkpoints, tmp_path):
     assert len(written) == len("In the beginning") + 40 and written.startswith(b"In the beginning")
 
 
+@pytest.mark.slow
+def test_compile_flag_compiles_and_gives_the_same_text(tiny_checkpoints, tmp_path, monkeypatch):
+    outputs, compiled_code = [], []
+    for flags in ([], ["--compile"]):
+        out, code_cache = tmp_path / f"out{len(flags)}.txt", tmp_path / f"inductor{len(flags)}"
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(code_cache))
+        succeeds("generate", "text", "--prompt", "In the beginning", "--bytes", 40, "--out", out,
+                 "--checkpoint", tiny_checkpoints / "text", "--temperature", 0, *flags)
+        outputs.append(out.read_bytes())
+        compiled_code.append(code_cache.exists() and any(code_cache.iterdir()))
+    assert compiled_code == [False, True]
+    assert outputs[0] == outputs[1] and len(outputs[0]) == len("In the beginning") + 40
+
+
 def test_generate_image_keeps_the_top_rows(tiny_checkpoints, tmp_path):
     source, rows = ASSETS / "images/astronaut.png", 24
     succeeds("generate", "image", source, "--rows", rows, "--samples", 2, "--out", tmp_path / "done.png",
