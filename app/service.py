@@ -45,14 +45,6 @@ def _load(folder: str):
     return model, Layout.from_dict(layout)
 
 
-def load(checkpoint: str | Path) -> tuple[torch.nn.Module, Layout]:
-    """A checkpoint's model and layout, loaded once per process."""
-    try:
-        return _load(str(Path(checkpoint).resolve()))
-    except (CheckpointError, AdapterError) as e:
-        raise UserError(str(e)) from None
-
-
 def sampling(temperature: float, top_k: int, top_p: float = 1.0) -> Sampling:
     try:
         return Sampling(float(temperature), int(top_k), float(top_p))
@@ -116,11 +108,19 @@ def collect(stream) -> list[bytes]:
     return [row.tobytes() for row in np.concatenate(parts, axis=1)] if parts else []
 
 
+def load(checkpoint: str | Path) -> tuple[torch.nn.Module, Layout]:
+    """A checkpoint's model and layout, loaded once per process."""
+    try:
+        return _load(str(Path(checkpoint).resolve()))
+    except (CheckpointError, AdapterError) as e:
+        raise UserError(str(e)) from None
+
+
 def load_for(modality: str, checkpoint: str | Path) -> tuple[torch.nn.Module, Layout]:
-    """A checkpoint's model and layout, refused unless it was trained on `modality`'s bytes
-    (text and raw bytes share checkpoints)."""
+    """A checkpoint's model and layout, refused unless it was trained on `modality`'s bytes."""
     model, layout = load(checkpoint)
-    readable = {"text", "bytes"} if modality in ("text", "bytes") else {modality}
-    if layout.modality not in readable:
-        raise UserError(f"The checkpoint {checkpoint} was trained on {layout.modality}, not {modality}.")
+    try:
+        adapters.checkpoints.check_fits(layout, modality, checkpoint)
+    except AdapterError as e:
+        raise UserError(str(e)) from None
     return model, layout

@@ -32,9 +32,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from adapters import AdapterError, Layout, audio, image
-from app.service import UserError, load_for
+from adapters.checkpoints import load_for
+from model import CheckpointError
 from model import score
-from training.train import machine_description
+from model.hardware import machine_description
 
 GENERAL = {
     "gzip -9": lambda data: gzip.compress(data, compresslevel=9, mtime=0),
@@ -324,7 +325,7 @@ def main(argv=None):
             for row in held_out:
                 print(f"{row.label}: {row.used}", file=sys.stderr)
                 rows.append(measure(model, row))
-    except (BenchError, UserError, AdapterError) as e:
+    except (BenchError, CheckpointError, AdapterError) as e:
         sys.exit(f"bench.compression: {e}")
     if not rows:
         sys.exit(f"bench.compression: there is no text, image or audio checkpoint in {args.checkpoints}.")

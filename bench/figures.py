@@ -17,7 +17,8 @@ from matplotlib.figure import Figure  # without pyplot: no GUI backend, PNGs are
 from tqdm import tqdm
 
 from adapters import AdapterError, Layout, image, text
-from app.service import UserError, load_for
+from adapters.checkpoints import load_for
+from model import CheckpointError
 from model import Sampling, generate, score
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -146,7 +147,7 @@ def main(argv=None):
             made.append(args.out / "text_surprisal.png")
             data = text.read(args.text)[: args.text_bytes]
             text_surprisal(model, data, args.text.name, made[-1])
-    except (UserError, AdapterError) as e:
+    except (CheckpointError, AdapterError) as e:
         sys.exit(f"bench.figures: {e}")
     if not made:
         sys.exit(f"bench.figures: there is no image or text checkpoint in {args.checkpoints}.")

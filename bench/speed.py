@@ -23,7 +23,7 @@ from torch import nn
 
 from model import (FlatConfig, MegaByteConfig, Sampling, build_model, compile_decoding,
                    generate, next_byte_loss)
-from training.train import machine_description
+from model.hardware import machine_description
 
 MEGABYTE = MegaByteConfig(patch_size=8, byte_dim=32, global_layers=4, global_heads=4,
                           local_dim=128, local_layers=2, local_heads=4, max_bytes=2048)

