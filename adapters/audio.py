@@ -125,3 +125,38 @@ def _resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
         weights = cutoff * np.sinc(cutoff * distance) * (0.5 + 0.5 * np.cos(np.pi * distance / half_width))
         out[start : start + len(t)] = (padded[index + half_width] * weights).sum(axis=1)
     return out
+
+
+def average_power_spectrum(samples: np.ndarray, frame: int = 512) -> np.ndarray:
+    """The mean power spectrum over Hann-windowed frames overlapping by half."""
+    x = _clean(samples)
+    if len(x) < frame:
+        x = np.pad(x, (0, frame - len(x)))
+    starts = range(0, len(x) - frame + 1, frame // 2)
+    frames = np.stack([x[s : s + frame] for s in starts]) * np.hanning(frame)
+    return (np.abs(np.fft.rfft(frames, axis=1)) ** 2).mean(axis=0)
+
+
+def spectral_flatness(samples: np.ndarray) -> float:
+    """Geometric over arithmetic mean of the average power spectrum: ~1 for white noise,
+    near 0 for a tone."""
+    power = average_power_spectrum(samples) + 1e-12
+    return float(np.exp(np.log(power).mean()) / power.mean())
+
+
+def spectral_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of the two average log-power spectra: 1 for the same timbre and pitches."""
+    log_a = np.log10(average_power_spectrum(a) + 1e-12)
+    log_b = np.log10(average_power_spectrum(b) + 1e-12)
+    return float(np.corrcoef(log_a, log_b)[0, 1])
+
+
+def continuation_metrics(prompt_tail: np.ndarray, continuation: np.ndarray) -> dict[str, float]:
+    """How a continuation compares with the end of its prompt, as a listener would judge it:
+    its spectral flatness (noise is flat), its spectral similarity to the prompt's tail,
+    and its loudness drift (RMS of the continuation over the RMS of the tail)."""
+    rms = lambda x: float(np.sqrt(np.mean(_clean(x) ** 2)) + 1e-12)  # noqa: E731
+    return {"flatness": spectral_flatness(continuation),
+            "prompt_flatness": spectral_flatness(prompt_tail),
+            "similarity": spectral_similarity(prompt_tail, continuation),
+            "rms_drift": rms(continuation) / rms(prompt_tail)}

@@ -15,15 +15,19 @@ def load(source, layout: Layout) -> Image.Image:
     a PIL image or a numpy array (HxW or HxWx3/4). Transparency is composited on white;
     the largest centred square is kept and resized."""
     _require_image(layout)
+    size = layout.image_size
+    return ImageOps.fit(open_rgb(source), (size, size), method=Image.Resampling.LANCZOS)
+
+
+def open_rgb(source) -> Image.Image:
+    """The whole image as RGB, at its own size: EXIF rotation applied, transparency on white."""
     if isinstance(source, Image.Image):
         img = source
     elif isinstance(source, np.ndarray):
         img = _from_array(source)
     else:
         img = _open(read_source(source))
-    img = _to_rgb(ImageOps.exif_transpose(img))  # phone photos store their rotation in EXIF
-    size = layout.image_size
-    return ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS)
+    return _to_rgb(ImageOps.exif_transpose(img))  # phone photos store their rotation in EXIF
 
 
 def encode(img: Image.Image, layout: Layout) -> bytes:

@@ -169,14 +169,6 @@ def test_image_crops_are_3072_bytes_in_raster_order():
         assert data == np.asarray(c, dtype=np.uint8).tobytes()   # rows, pixels, R G B
 
 
-def test_audio_fallback_mu_law_matches_the_adapter():
-    from training.recipes.audio import mu_law
-    audio = pytest.importorskip("adapters.audio")
-    from adapters import Layout
-    x = np.linspace(-1, 1, 1001)
-    assert mu_law(x) == audio.encode(x, Layout(modality="audio", sample_rate=8000))
-
-
 def test_image_recipe_tiny_end_to_end(tmp_path):
     """Downloads scikit-image's wheel (about 14 MB) from PyPI."""
     from training.recipes.image import build_image

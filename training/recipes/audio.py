@@ -21,6 +21,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from adapters import AdapterError, Layout
+from adapters import audio as audio_adapter
+
 from .common import (DEFAULT_DOWNLOADS, CacheWriter, DataError, apt_data_dir,
                      choose_validation, seeded_shuffle)
 
@@ -164,15 +167,7 @@ TINY_SOURCES = ["sonic-pi", "fillets"]
 # --------------------------------------------------------------------------- #
 
 def make_codec(max_seconds: float | None):
-    """(file -> µ-law bytes, layout dict, codec name), with the audio adapter
-    when it is importable and a numpy fallback otherwise."""
-    try:
-        from adapters import Layout
-        from adapters import audio as audio_adapter
-        from adapters.common import AdapterError
-    except ImportError:
-        return _numpy_codec(max_seconds), {"modality": "audio", "sample_rate": SAMPLE_RATE}, \
-            "numpy fallback (adapters.audio not importable)"
+    """(file -> µ-law bytes, layout dict, codec name), with the audio adapter."""
     layout = Layout(modality="audio", sample_rate=SAMPLE_RATE)
 
     def codec(path: Path) -> bytes:
@@ -185,51 +180,6 @@ def make_codec(max_seconds: float | None):
         return audio_adapter.encode(samples, layout)
 
     return codec, layout.to_dict(), "adapters.audio.load + adapters.audio.encode"
-
-
-def _numpy_codec(max_seconds: float | None):
-    import soundfile as sf
-
-    def codec(path: Path) -> bytes:
-        try:
-            with sf.SoundFile(str(path)) as f:
-                n = f.frames if max_seconds is None else min(f.frames, int(max_seconds * f.samplerate))
-                x = f.read(n, dtype="float32", always_2d=True).mean(axis=1)
-                rate = f.samplerate
-        except Exception as exc:
-            raise DataError(f"Cannot decode {path}: {exc}.") from None
-        if x.size == 0 or float(np.max(np.abs(x))) < SILENT_PEAK:
-            return b""
-        y = resample(x.astype(np.float64), rate, SAMPLE_RATE)
-        return mu_law(y)
-
-    return codec
-
-
-def resample(x: np.ndarray, src: int, dst: int, zero_crossings: int = 16) -> np.ndarray:
-    """Band-limited resampling with a Hann-windowed sinc (numpy only)."""
-    if src == dst:
-        return x
-    step = src / dst
-    cutoff = min(1.0, dst / src)
-    half = int(np.ceil(zero_crossings / cutoff))
-    padded = np.pad(x, half)
-    taps = np.arange(-half + 1, half + 1)
-    out = np.empty(int(round(len(x) / step)))
-    for start in range(0, len(out), 8192):
-        t = np.arange(start, min(start + 8192, len(out))) * step
-        idx = np.floor(t).astype(np.int64)[:, None] + taps
-        d = t[:, None] - idx
-        w = cutoff * np.sinc(cutoff * d) * (0.5 + 0.5 * np.cos(np.pi * d / half))
-        out[start:start + len(t)] = (padded[idx + half] * w).sum(axis=1)
-    return out
-
-
-def mu_law(x: np.ndarray, mu: int = 255) -> bytes:
-    """µ-law (mu=255), one byte per sample, code 0 for -1 and 255 for +1."""
-    x = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float64)), -1, 1)
-    y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
-    return np.round((y + 1) / 2 * 255).astype(np.uint8).tobytes()
 
 
 # --------------------------------------------------------------------------- #

@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from adapters import AdapterError, Layout
+from adapters import image as image_adapter
 
 from .common import (DEFAULT_DOWNLOADS, CacheWriter, DataError, apt_data_dir,
                      choose_validation, pip_download, unpack_archive)
@@ -140,17 +143,9 @@ TINY_SOURCES = ["skimage"]
 def open_photo(path: Path) -> Image.Image:
     """An RGB Pillow image of a photo file (EXIF rotation applied, alpha on white)."""
     try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"Pillow cannot read the photo {path}: {exc}.") from None
-    img = ImageOps.exif_transpose(img)
-    if img.mode.startswith("I;16") or img.mode == "I":
-        img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img.convert("RGBA"))
-    return img.convert("RGB")
+        return image_adapter.open_rgb(path)
+    except AdapterError as exc:
+        raise DataError(f"Cannot read the photo {path}: {exc}") from None
 
 
 def crop_sizes(width: int, height: int) -> tuple[int, int]:
@@ -181,22 +176,9 @@ def random_crops(img: Image.Image, n: int, rng: np.random.Generator) -> list[Ima
 def make_encoder(order: str, patch_size: int):
     """(encode function, layout dict, encoder name) for the byte order."""
     try:
-        from adapters import Layout
-        from adapters import image as image_adapter
-    except ImportError:
-        if order != "raster":
-            raise DataError("The patch order needs the image adapter (adapters.image), "
-                            "which is not importable here.") from None
-
-        def encode(img: Image.Image) -> bytes:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).tobytes()
-
-        return encode, {"modality": "image", "image_size": IMAGE_SIZE, "image_order": "raster"}, \
-            "numpy raster (adapters.image not importable)"
-    try:
         layout = Layout(modality="image", image_size=IMAGE_SIZE, image_order=order,
                         patch_size=patch_size if order == "patch" else None)
-    except Exception as exc:  # AdapterError: a nonsense patch size
+    except AdapterError as exc:  # a nonsense patch size
         raise DataError(f"Bad image layout: {exc}") from None
 
     def encode(img: Image.Image) -> bytes:
