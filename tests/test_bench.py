@@ -18,7 +18,8 @@ LAYOUTS = {
     "image": Layout("image", image_size=32, patch_size=4),
     "audio": Layout("audio", sample_rate=8000),
 }
-ROWS = ["text: English prose", "text: prose and code", "images: 32x32 photo crops", "audio: music", "audio: speech"]
+ROWS = ["text: English prose", "text: prose and code", "images: 32x32 photo crops", "emoji: Twemoji and Noto, test split",
+        "emoji: OpenMoji, a style never trained on", "audio: music", "audio: speech"]
 rng = np.random.default_rng(0)
 
 
@@ -54,6 +55,8 @@ def data(tmp_path_factory):
     gradient = np.linspace(0, 255, 32 * 32 * 3).astype(np.uint8).tobytes()
     noisy = [rng.integers(0, 256, 3072, dtype=np.uint8).tobytes() for _ in range(3)]
     write_split(root / "image", "val", [gradient] * 5 + noisy, {"layout": {"image_size": 32, "image_order": "raster"}})
+    write_split(root / "emoji", "test", [gradient] * 3 + noisy, {"layout": {"image_size": 32, "image_order": "raster"}})
+    write_split(root / "emoji", "outside", noisy, json.loads((root / "emoji" / "manifest.json").read_text()))
     audio_manifest = {"layout": {"sample_rate": 8000}}
     write_split(root / "audio", "val_music", [mu_law_tone(440, 0.5), mu_law_tone(220, 0.4)], audio_manifest)
     write_split(root / "audio", "val_speech", [mu_law_tone(150, 0.3)] * 3, audio_manifest)
@@ -75,7 +78,7 @@ def test_compression_table_has_every_row_and_yardstick(tiny_checkpoints, data, t
     report = out.read_text()
     assert "UTC" in report and "cores" in report and "--limit-bytes 4096" in report
     assert "8 evenly spaced stretches of 512 bytes" in report  # what was used is said
-    assert "1 of the 8 32x32 crops" in report
+    assert "1 of the 8 32x32 images" in report
     table = read_table(report)
     assert list(table) == ROWS
     for label, row in table.items():
@@ -89,8 +92,9 @@ def test_compression_table_has_every_row_and_yardstick(tiny_checkpoints, data, t
     assert table["text: English prose"]["target"] == "≤ 0.65×"
     assert table["text: prose and code"]["target"] == "–"
     assert table["images: 32x32 photo crops"]["target"] == table["audio: music"]["target"] == "≤ 0.85×"
+    assert table["emoji: Twemoji and Noto, test split"]["target"] == "≤ 0.60×"
     for label in ROWS:
-        is_image, is_audio = label.startswith("images"), label.startswith("audio")
+        is_image, is_audio = label.startswith(("images", "emoji")), label.startswith("audio")
         assert (table[label]["PNG"] != "–") == is_image and (table[label]["WebP lossless"] != "–") == is_image
         assert (table[label]["FLAC"] != "–") == is_audio
     assert "held-out data" in capsys.readouterr().out  # the table is printed too
@@ -159,7 +163,7 @@ def test_without_a_byte_limit_the_asked_number_of_images_is_used(tiny_checkpoint
     out = tmp_path / "compression.md"
     compression.main(["--checkpoints", str(tiny_checkpoints), "--data", str(data), "--out", str(out),
                       "--images", "5", "--text-bytes", "2048", "--audio-bytes", "2048", "--threads", "1"])
-    assert "5 of the 8 32x32 crops" in out.read_text()
+    assert "5 of the 8 32x32 images" in out.read_text()
 
 
 def test_speed_quick_run_writes_every_table(tmp_path):
