@@ -365,3 +365,16 @@ def test_audio_load_rejects_a_missing_file(tmp_path):
     with pytest.raises(AdapterError) as error:
         audio.load(tmp_path / "missing.wav", AUDIO)
     assert_one_sentence(error)
+
+
+def test_continuation_metrics_tell_noise_from_a_continued_tone():
+    layout_rate = 8000
+    t = np.arange(layout_rate) / layout_rate
+    tone = 0.4 * np.sin(2 * np.pi * 440 * t)
+    noise = np.random.default_rng(0).standard_normal(layout_rate) * 0.4 / np.sqrt(2)
+    same = audio.continuation_metrics(tone, 0.4 * np.sin(2 * np.pi * 440 * (t + 1)))
+    noisy = audio.continuation_metrics(tone, noise)
+    assert noisy["flatness"] > 0.8 and same["flatness"] < 0.01
+    assert same["similarity"] > 0.95 and noisy["similarity"] < 0.3
+    assert same["rms_drift"] == pytest.approx(1, abs=0.01) and noisy["rms_drift"] == pytest.approx(1, abs=0.1)
+    assert audio.continuation_metrics(tone, 2 * tone)["rms_drift"] == pytest.approx(2, rel=0.01)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from adapters import Layout, audio
-from bench import compression, figures, speed
+from bench import compression, continuation, figures, speed
 
 LAYOUTS = {
     "text": Layout("text"),
@@ -189,3 +189,18 @@ def test_decoding_ceiling_is_set_by_memory_at_batch_1_and_by_compute_when_memory
     assert weights == 4 * 12 * 256**2 + 32 * 128 + 8 * (2 * 12 * 128**2 + 128 * 256)  # P=8
     assert speed.decoding_ceiling(model, 1, 40e9, float("inf")) == pytest.approx(8 * 40e9 / (4 * weights))
     assert speed.decoding_ceiling(model, 8, float("inf"), 100e9) == pytest.approx(8 * 8 * 100e9 / (2 * 8 * weights))
+
+
+def test_continuation_bench_reports_model_ceiling_and_floor(tiny_checkpoints, tmp_path):
+    tunes = [mu_law_tone(hz, 3.5) for hz in (330, 440)]
+    folder = tmp_path / "data" / "audio"
+    write_split(folder, "val_music", tunes, {"layout": {"sample_rate": 8000}})
+    out = tmp_path / "continuation.md"
+    continuation.main(["--checkpoints", str(tiny_checkpoints), "--data", str(tmp_path / "data"), "--out", str(out),
+                       "--clips", "2", "--threads", "1"])
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| audio |")]
+    by_row = {cells[2].strip(): [float(c) for c in cells[3:]] for cells in rows}
+    assert set(by_row) == {"model", "real next second", "white noise"}
+    assert by_row["real next second"][0] < 0.05 < 0.8 < by_row["white noise"][0]   # flatness: tone vs noise
+    assert by_row["real next second"][2] > 0.9                                      # a tone continues the tone
+    assert "audio: goals" in out.read_text() and "No checkpoint" not in out.read_text()
