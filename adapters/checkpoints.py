@@ -3,6 +3,9 @@ for a modality. Shared by the app, the command line and the benchmarks."""
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 from pathlib import Path
 
 from model import CheckpointError, load_checkpoint, read_config
@@ -47,3 +50,43 @@ def load_for(modality: str, folder, device="cpu") -> tuple[object, Layout]:
     layout = Layout.from_dict(layout)
     check_fits(layout, modality, folder)
     return model, layout
+
+
+def encode_media(path, layout: Layout) -> bytes:
+    """A media file as the bytes the layout describes (an image resized, audio µ-law, text as is)."""
+    from . import audio, image, text
+
+    if layout.modality == "image":
+        return image.encode(image.load(path, layout), layout)
+    if layout.modality == "audio":
+        return audio.encode(audio.load(path, layout), layout)
+    return text.read(path)
+
+
+CHECK_LINE = "- Check: {bits:.4f} bits per byte on `{pattern}` ({files} held-out files, {size:,} bytes)"
+CHECK_PATTERN = re.compile(r"- Check: ([0-9.]+) bits per byte on `([^`]+)`")
+
+
+def check_files(pattern: str, root) -> list[Path]:
+    return sorted(Path(root).glob(pattern))
+
+
+def stated_check(folder) -> tuple[float, str] | None:
+    """(bits per byte, file pattern) of the card's check line: what the checkpoint scores on
+    held-out files that ship in the repository (tests/test_checkpoints.py holds it to that)."""
+    card = Path(folder) / "card.md"
+    found = CHECK_PATTERN.search(card.read_text()) if card.is_file() else None
+    return (float(found.group(1)), found.group(2)) if found else None
+
+
+def measure_check(model, layout: Layout, pattern: str, root) -> dict:
+    """Bits per byte of the model over the files matching pattern (under root), each scored on its own."""
+    from model import score
+
+    files = check_files(pattern, root)
+    if not files:
+        raise AdapterError(f"No file matches {pattern} under {root}.")
+    chunks = [encode_media(f, layout) for f in files]
+    bits = sum(float(score(model, data).surprisal.sum(dtype=np.float64)) for data in chunks)
+    size = sum(map(len, chunks))
+    return {"bits": bits / size, "pattern": pattern, "files": len(files), "size": size}
