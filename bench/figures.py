@@ -1,7 +1,8 @@
 """The README's pictures, made from the checkpoints: `python -m bench.figures`.
 
-image_completions.png: held-out photos from assets/images, the top half given to the image
-checkpoint and several bottom halves it sampled. text_surprisal.png: how surprised the text
+image_completions.png and emoji_completions.png: held-out images from assets/images and
+assets/emoji, the top half given to the photo and emoji checkpoints and several bottom halves
+each sampled. text_surprisal.png: how surprised the text
 checkpoint is by every byte of a held-out text, with a rolling mean and the biggest surprises named.
 """
 
@@ -29,10 +30,14 @@ NAMED_SURPRISES = 8
 SHOWN_AS = {"\n": "⏎", " ": "␣", "\t": "⇥"}
 
 
-def image_completions(model, layout: Layout, out: Path, images: int, samples: int, sampling: Sampling, seed: int):
-    """A grid: for each of the first `images` held-out photos, the original, the given top half
-    and `samples` completions."""
-    paths = sorted((ASSETS / "images").glob("*.png"))[:images]
+# checkpoint name: (its held-out example folder in assets/, what they are, figure file)
+COMPLETIONS = {"image": ("images", "photos", "image_completions.png"),
+               "emoji": ("emoji", "emoji (test split; OpenMoji: a style never trained on)", "emoji_completions.png")}
+
+
+def image_completions(model, layout: Layout, paths: list[Path], what: str, out: Path, samples: int,
+                      sampling: Sampling, seed: int):
+    """A grid: for each held-out image, the original, the given top half and `samples` completions."""
     given = image.prefix_bytes(layout.image_size // 2, layout)
     new_bytes = layout.bytes_per_image - given
     titles = ["original", "given: top half", *(f"sample {i + 1}" for i in range(samples))]
@@ -54,10 +59,17 @@ def image_completions(model, layout: Layout, out: Path, images: int, samples: in
             row[0].set_ylabel(path.stem)
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=10)
-    fig.suptitle(f"The image model completes held-out {layout.image_size}x{layout.image_size} photos "
+    fig.suptitle(f"The model completes held-out {layout.image_size}x{layout.image_size} {what} "
                  f"(temperature {sampling.temperature:g}, seed {seed})")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
+
+
+def spread(items: list, count: int) -> list:
+    """`count` items evenly spread over the list (all of them if there are fewer)."""
+    if len(items) <= count:
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, count).astype(int)]
 
 
 def byte_characters(data: bytes) -> list[str]:
@@ -108,12 +120,13 @@ def text_surprisal(model, data: bytes, name: str, out: Path):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.figures",
-        description="Draws image_completions.png (the image checkpoint completes held-out photos) and "
+        description="Draws image_completions.png and emoji_completions.png (the image checkpoints complete "
+                    "held-out images) and "
                     "text_surprisal.png (the text checkpoint's surprisal over a held-out text).")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
                         help="folder with text/ and image/ checkpoints (default: checkpoints)")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder to write the figures to (default: docs)")
-    parser.add_argument("--images", type=int, default=4, help="held-out photos to complete (default: 4)")
+    parser.add_argument("--images", type=int, default=4, help="held-out images to complete per checkpoint (default: 4)")
     parser.add_argument("--samples", type=int, default=4, help="completions per photo (default: 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image's samples (default: 0)")
@@ -138,10 +151,13 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     made = []
     try:
-        if (args.checkpoints / "image").is_dir():
-            model, layout = load_for("image", args.checkpoints / "image")
-            made.append(args.out / "image_completions.png")
-            image_completions(model, layout, made[-1], args.images, args.samples, sampling, args.seed)
+        for name, (folder, what, figure) in COMPLETIONS.items():
+            if not (args.checkpoints / name).is_dir():
+                continue
+            model, layout = load_for("image", args.checkpoints / name)
+            made.append(args.out / figure)
+            paths = spread(sorted((ASSETS / folder).glob("*.png")), args.images)
+            image_completions(model, layout, paths, what, made[-1], args.samples, sampling, args.seed)
         if (args.checkpoints / "text").is_dir():
             model, _ = load_for("text", args.checkpoints / "text")
             made.append(args.out / "text_surprisal.png")

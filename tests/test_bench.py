@@ -156,6 +156,7 @@ def test_figures_draw_completions_and_surprisal(tiny_checkpoints, tmp_path):
     completions = Image.open(tmp_path / "image_completions.png")
     surprisal = Image.open(tmp_path / "text_surprisal.png")
     assert completions.width > 4 * 128 and completions.height > 2 * 128  # original, given, 2 samples; 2 photos
+    assert Image.open(tmp_path / "emoji_completions.png").size == completions.size  # the emoji checkpoint too
     assert surprisal.width > surprisal.height
 
 
