@@ -193,3 +193,46 @@ def test_audio_recipe_tiny_end_to_end(tmp_path):
     val = {r["path"] for r in m["files"]["val"]}
     assert train and val and not train & val
     assert not any("ambi_piano" in p or "loop_amen" in p for p in train)
+
+
+def test_a_held_out_near_copy_moves_to_training():
+    from training.recipes.text import Doc, move_near_copies
+    shared = b"".join(b"line %d of a codec table that repeats\n" % i for i in range(50))
+    loaded = {"t/a": shared + b"a line only training has\n", "v/copy": shared[:-40] + b"one new line here\n",
+              "v/own": b"".join(b"a held-out line of its own %d\n" % i for i in range(50))}
+    docs = {name: Doc(name.split("/")[0], name, lambda: b"") for name in loaded}
+    moved = move_near_copies([docs["t/a"]], [docs["v/copy"], docs["v/own"]], loaded)
+    assert moved == {"v/copy"}
+
+
+def test_long_files_become_sections_cut_at_blank_lines_and_prose_is_capped_at_a_line():
+    from training.recipes.text import cut_at_line, sections
+    text = b"".join(b"paragraph %d, a line of prose.\n\n" % i for i in range(5000))
+    parts = sections(text, size=10_000)
+    assert b"".join(parts) == text and len(parts) > 10
+    assert all(p.endswith(b"\n\n") for p in parts) and max(map(len, parts)) < 10_100
+    cut = cut_at_line(text, 1000)
+    assert len(cut) <= 1000 and cut.endswith(b"\n") and text.startswith(cut)
+
+
+def test_emoji_split_is_by_emoji_and_skin_tones_are_left_out():
+    from training.recipes.emoji import has_skin_tone, split_of
+    assert has_skin_tone(Path("1f44d-1f3fb.png")) and has_skin_tone(Path("1F469-1F3FD-200D-1F4BB.svg"))
+    assert not has_skin_tone(Path("1f44d.png"))
+    splits = [split_of(f"{code:x}", seed=0) for code in range(0x1f300, 0x1f700)]
+    assert {s: splits.count(s) / len(splits) for s in ("val", "test")} == pytest.approx({"val": 0.05, "test": 0.05}, abs=0.02)
+    assert split_of("1f600", 0) == split_of("1f600", 0)  # a function of the emoji alone: both styles agree
+
+
+@pytest.mark.slow
+def test_melody_recipe_renders_tunes_split_by_tune(tmp_path):
+    """Needs music21 and fluidsynth with the FluidR3 SoundFont (the recipe installs the Debian packages)."""
+    pytest.importorskip("music21")
+    from training.recipes.melody import build_melody
+    manifest = build_melody(tmp_path / "melody", tiny=True, progress=False)
+    tunes = {split: {f["tune"] for f in manifest["files"][split]} for split in ("train", "val", "test")}
+    assert all(tunes.values()) and not (tunes["train"] & tunes["test"]) and not (tunes["train"] & tunes["val"])
+    data = (tmp_path / "melody" / "test.bin").read_bytes()
+    first = manifest["files"]["test"][0]
+    clip = np.frombuffer(data[first["offset"] : first["offset"] + first["bytes"]], np.uint8)
+    assert first["bytes"] > 8000 and len(np.unique(clip)) > 50  # seconds of real, varied µ-law audio

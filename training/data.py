@@ -70,9 +70,10 @@ def _parser() -> argparse.ArgumentParser:
                     "(train.bin, val.bin, manifest.json) for training a byte-level model.")
     sub = p.add_subparsers(dest="modality", required=True, metavar="{text,image,audio,emoji,melody}")
     sub.add_parser("text", parents=[common],
-                   help="English prose (KJV Bible, Shakespeare, Milton), Python docs and stdlib code",
-                   description="Text: King James Bible, Shakespeare, Milton, the Python 3.11 "
-                               "documentation and standard-library code. Also writes val_prose.bin.")
+                   help="English prose (KJV Bible, Shakespeare, Milton, modern Debian documentation), Python docs and code",
+                   description="Text: King James Bible, Shakespeare, Milton, modern English from Debian's "
+                               "documentation packages, the Python 3.11 documentation and standard-library "
+                               "code. Also writes val_prose.bin.")
     img = sub.add_parser("image", parents=[common],
                          help="32x32 RGB crops of real photographs, 3072 bytes each",
                          description="Images: 32x32 RGB crops of scikit-image sample photos and "

