@@ -122,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--clips", type=int, default=12, help="held-out tunes or clips per checkpoint (default: 12)")
     parser.add_argument("--temperature", type=float, default=1.0, help="default: 1.0, the app's default")
     parser.add_argument("--top-k", type=int, default=0, help="default: 0 (all 256 bytes), the app's default")
+    parser.add_argument("--top-p", type=float, default=audio.DEFAULT_TOP_P,
+                        help=f"default: {audio.DEFAULT_TOP_P}, the app's default for audio (1 keeps every byte)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
@@ -129,7 +131,7 @@ def main(argv=None):
         sys.exit("bench.continuation: --clips and --threads must be at least 1.")
     torch.set_num_threads(args.threads)
     try:
-        sampling = Sampling(temperature=args.temperature, top_k=args.top_k)
+        sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     except ValueError as e:
         sys.exit(f"bench.continuation: {e}")
     started, clock = datetime.now(timezone.utc), time.perf_counter()
@@ -158,7 +160,8 @@ def main(argv=None):
              f"{machine_description()}.", "",
              f"Each clip: a {PROMPT_SECONDS:g} s prompt ({START_SECONDS:g} s into the tune when it is long enough), "
              f"continued for {CONTINUE_SECONDS:g} s at temperature {sampling.temperature:g}, top-k "
-             f"{sampling.top_k or 'all'}, seed {args.seed}; compared with the prompt's last second. Medians over clips. "
+             f"{sampling.top_k or 'all'}, top-p {sampling.top_p:g}, seed {args.seed}; compared with the prompt's last "
+             "second. Medians over clips. "
              "Flatness: geometric over arithmetic mean of the average power spectrum (white noise ~1, a tone ~0). "
              "Similarity: correlation of the two average log-power spectra. RMS drift: loudness of the continuation "
              "over the prompt's last second.", "", *summary_table(results), "", "## What was measured", "", *used]
