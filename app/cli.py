@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def score(args):
     model, layout = service.load_for(args.modality, folder)
     data = service.encode_file(args.file, layout)
     with progress_bar(len(data), "scoring") as bar:
-        result = service.score_bytes(model, data, progress=lambda done, _total: bar.update(done - bar.n))
+        result = service.score_bytes(model, data, progress=lambda done, _total: bar.update(done - bar.n),
+                                     adapt=args.adapt)
     compressors = result.compressor_bits_per_byte()
     if args.json:
         report = {
@@ -214,6 +216,84 @@ def save(path: Path, content: bytes):
     print(f"wrote {path}", file=sys.stderr)
 
 
+# compress, decompress
+
+
+def compress(args):
+    modality = args.modality
+    folder = checkpoint_folder(args, modality)
+    out = args.output or args.file.with_name(args.file.name + ".mbz")
+    refuse_to_replace(out, args.output)
+    _, layout = service.load_for(modality, folder)
+    data = service.encode_file(args.file, layout)
+    note = service.coding_note(layout)
+    if note:
+        print(f"note: {note}.", file=sys.stderr)
+    start = time.perf_counter()
+    with progress_bar(len(data), "compressing") as bar:
+        blob = service.compress_bytes(data, modality, folder, args.adapt,
+                                      progress=lambda done, _total: bar.update(done - bar.n))
+    save(out, blob)
+    print(f"{args.file}: {len(data):,} bytes as {modality} -> {out}: {len(blob):,} bytes "
+          f"({8 * len(blob) / max(1, len(data)):.3f} bits per byte, header included) "
+          f"in {time.perf_counter() - start:.1f} s")
+
+
+def decompress(args):
+    with progress_bar(0, "decompressing") as bar:
+        def advance(done: int, total: int):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = service.decompress(args.file, args.checkpoint, progress=advance)
+    out = args.output or default_decompressed_path(args.file, result.suffix)
+    refuse_to_replace(out, args.output)
+    save(out, result.content)
+    note = service.coding_note(result.layout)
+    print(f"{args.file} -> {out}: {len(result.data):,} bytes as {result.layout.modality}"
+          + (f" (note: {note})" if note else ""))
+
+
+def default_decompressed_path(mbz_path: Path, suffix: str) -> Path:
+    """x.txt.mbz -> x.txt; an image or audio clip gets its format's suffix: x.png.mbz -> x.png, x.flac.mbz -> x.wav."""
+    name = mbz_path.name[: -len(".mbz")] if mbz_path.name.endswith(".mbz") else mbz_path.name + ".out"
+    path = mbz_path.with_name(name)
+    return path.with_suffix(suffix) if suffix else path
+
+
+def refuse_to_replace(out: Path, named: Path | None):
+    """A file the user did not name with -o is never overwritten."""
+    if named is None and out.exists():
+        raise UserError(f"{out} already exists; name the output with -o to replace it.")
+
+
+def add_coding_commands(commands, checkpoint: Parser):
+    compress_parser = commands.add_parser(
+        "compress", parents=[checkpoint], help="compress a file losslessly with the model (writes FILE.mbz)",
+        description="Arithmetic coding driven by the model's next-byte probabilities. Text and bytes are "
+                    "coded exactly as the file's bytes; an image as its RGB pixels at the checkpoint's size and "
+                    "audio as 8-bit µ-law at its rate, so decompress gives a PNG or WAV of those, not the "
+                    "original file. Decompressing needs the same checkpoint, torch version and CPU ISA.")
+    compress_parser.add_argument("file", type=Path, metavar="FILE")
+    compress_parser.add_argument("-o", "--output", type=Path, metavar="OUT", help="where to write (default: FILE.mbz)")
+    compress_parser.add_argument("--modality", default="bytes", choices=service.MODALITIES,
+                                 help="how to read FILE (default: bytes, an exact copy of any file)")
+    compress_parser.add_argument("--adapt", action="store_true",
+                                 help="the model learns while it reads (dynamic evaluation): fewer bits on long "
+                                      "inputs, several times slower; decompress repeats it")
+    compress_parser.set_defaults(run=compress)
+
+    decompress_parser = commands.add_parser(
+        "decompress", parents=[checkpoint], help="give back what compress coded",
+        description="Decode FILE.mbz with the checkpoint that coded it (found under checkpoints/ by its "
+                    "sha256 unless --checkpoint names it): the exact bytes for text and bytes, a PNG or WAV "
+                    "for an image or audio clip.")
+    decompress_parser.add_argument("file", type=Path, metavar="FILE.mbz")
+    decompress_parser.add_argument("-o", "--output", type=Path, metavar="OUT",
+                                   help="where to write (default: FILE without .mbz; .png or .wav for media)")
+    decompress_parser.set_defaults(run=decompress)
+
+
 # the parser
 
 
@@ -223,7 +303,7 @@ def build_parser() -> Parser:
                             help="checkpoint folder (default: the shipped one for the modality, under checkpoints/)")
 
     parser = Parser(prog="python -m app.cli", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{score,generate}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{score,generate,compress,decompress}")
 
     score_parser = commands.add_parser(
         "score", parents=[checkpoint], help="how surprised the model is by every byte of a file",
@@ -235,6 +315,8 @@ def build_parser() -> Parser:
     score_parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     score_parser.add_argument("--per-byte", action="store_true",
                               help="with --json, add the surprisal of every byte and the mean of every patch, in bits")
+    score_parser.add_argument("--adapt", action="store_true",
+                              help="the model learns while it reads (dynamic evaluation), as compress --adapt codes")
     score_parser.set_defaults(run=score)
 
     sampling = Parser(add_help=False, parents=[checkpoint])
@@ -286,6 +368,7 @@ def build_parser() -> Parser:
     audio.add_argument("--out", type=Path, default=Path("continuation.wav"),
                        help="WAV to write (default: continuation.wav)")
     audio.set_defaults(run=generate_audio)
+    add_coding_commands(commands, checkpoint)
     return parser
 
 

@@ -6,6 +6,7 @@ Every error a user can cause comes out as UserError with one sentence.
 from __future__ import annotations
 
 import gzip
+import io
 import lzma
 import time
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ import torch
 
 import adapters
 from adapters import AdapterError, Layout
+from adapters.common import read_source
 from model import CheckpointError, Sampling, Scores, generate_stream, load_checkpoint, score
+import model.compress as mbz
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ROOT / "checkpoints"
@@ -71,11 +74,15 @@ class ScoreResult:
         }
 
 
-def score_bytes(model, data: bytes, progress=None) -> ScoreResult:
+def score_bytes(model, data: bytes, progress=None, adapt: bool = False) -> ScoreResult:
+    """With `adapt`, the model learns while it reads, as `compress --adapt` codes (no top guesses)."""
     if not data:
         raise UserError("There is nothing to score: the input is empty.")
     start = time.perf_counter()
-    scores = score(model, data, top=5, progress=progress)
+    if adapt:
+        scores = mbz.coded_scores(model, data, mbz.Adaptation(), progress)
+    else:
+        scores = score(model, data, top=5, progress=progress)
     return ScoreResult(data, scores, time.perf_counter() - start)
 
 
@@ -124,3 +131,95 @@ def load_for(modality: str, checkpoint: str | Path) -> tuple[torch.nn.Module, La
     except AdapterError as e:
         raise UserError(str(e)) from None
     return model, layout
+
+
+# Lossless compression: the model drives a range coder (model.compress). Images and audio are
+# coded in their adapter's byte layout, so what the adapter drops is lost before coding.
+
+
+@dataclass
+class Decompressed:
+    data: bytes  # the decoded bytes: the file itself for text and bytes, pixels or µ-law samples for media
+    layout: Layout
+    content: bytes  # the file to save: the bytes themselves, a PNG or a WAV
+    suffix: str  # "" (the original name), ".png" or ".wav"
+
+
+def coding_note(layout: Layout) -> str | None:
+    """What is lost before coding, for a medium the model codes in its adapter's layout; None if nothing."""
+    if layout.modality == "image":
+        return (f"the image is coded as {layout.image_size}×{layout.image_size} RGB pixels (resized and "
+                "cropped to that), so decompress gives that PNG, not the original file; "
+                "--modality bytes keeps an exact copy")
+    if layout.modality == "audio":
+        return (f"the audio is coded as mono 8-bit µ-law at {layout.sample_rate} Hz, so decompress gives "
+                "that WAV, not the original file; --modality bytes keeps an exact copy")
+    return None
+
+
+def is_mbz(blob: bytes) -> bool:
+    return blob[: len(mbz.MAGIC)] == mbz.MAGIC
+
+
+def compress_bytes(data: bytes, modality: str, checkpoint: str | Path, adapt: bool = False, progress=None) -> bytes:
+    """The .mbz of bytes already in `modality`'s layout (what encode_file gives), coded by the checkpoint."""
+    model, layout = load_for(modality, checkpoint)
+    recorded = layout if layout.modality in ("image", "audio") else Layout(modality)
+    try:
+        return mbz.compress(model, data, checkpoint_sha256(checkpoint), recorded.to_dict(), Path(checkpoint).name,
+                            mbz.Adaptation() if adapt else None, progress)
+    except mbz.CompressError as e:
+        raise UserError(str(e)) from None
+
+
+def compress_file(source, modality: str, checkpoint: str | Path | None = None, adapt: bool = False,
+                  progress=None) -> bytes:
+    """The .mbz of a file (path, bytes or file object) as `modality`'s adapter encodes it."""
+    checkpoint = checkpoint or default_checkpoint(modality)
+    _, layout = load_for(modality, checkpoint)
+    return compress_bytes(encode_file(source, layout), modality, checkpoint, adapt, progress)
+
+
+def decompress(source, checkpoint: str | Path | None = None, progress=None) -> Decompressed:
+    """A .mbz (path, bytes or file object) back to its bytes, and the file they make; the
+    checkpoint that coded it is found under checkpoints/ by its sha256 unless named."""
+    try:
+        blob = read_source(source)
+        if not is_mbz(blob):
+            raise UserError("That is not a .mbz file: it does not start with the .mbz magic bytes.")
+        header = mbz.read_header(blob)
+        folder = checkpoint or _checkpoint_with(header["checkpoint_sha256"], header["checkpoint"])
+        model, _ = load(folder)
+        data, recorded = mbz.decompress(model, blob, checkpoint_sha256(folder), progress)
+        layout = Layout.from_dict(recorded)
+    except (mbz.CompressError, AdapterError) as e:
+        raise UserError(str(e)) from None
+    if layout.modality == "image":
+        image = io.BytesIO()
+        adapters.image.decode(data, layout).save(image, format="PNG")
+        return Decompressed(data, layout, image.getvalue(), ".png")
+    if layout.modality == "audio":
+        wav = adapters.audio.to_wav_bytes(adapters.audio.decode(data, layout), layout.sample_rate)
+        return Decompressed(data, layout, wav, ".wav")
+    return Decompressed(data, layout, data, "")
+
+
+def checkpoint_sha256(folder: str | Path) -> str:
+    try:
+        return _sha256(str(Path(folder).resolve()), *(Path(folder, name).stat().st_mtime_ns
+                                                      for name in ("config.json", "model.safetensors")))
+    except OSError:
+        raise UserError(f"{folder} is not a checkpoint folder.") from None
+
+
+@lru_cache(maxsize=32)
+def _sha256(folder: str, *modified) -> str:  # `modified` keys the cache, so a retrained checkpoint is hashed again
+    return mbz.checkpoint_sha256(folder)
+
+
+def _checkpoint_with(sha256: str, name: str) -> Path:
+    for folder in sorted(CHECKPOINTS.iterdir()) if CHECKPOINTS.is_dir() else []:
+        if (folder / "model.safetensors").is_file() and checkpoint_sha256(folder) == sha256:
+            return folder
+    raise UserError(f"This .mbz was made with a checkpoint ({name or 'unnamed'}, sha256 {sha256[:12]}...) "
+                    f"that is not under {CHECKPOINTS}; name its folder with --checkpoint.")

@@ -22,9 +22,17 @@ def machine_description(device=torch.device("cpu")) -> str:
         return torch.cuda.get_device_name(device)
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    isa = [flag for flag in ISA_FLAGS if f" {flag}" in cpuinfo]
     return (f"{names[0] if names else platform.machine()} CPU ({os.cpu_count()} cores, ISA "
-            f"{'/'.join(isa) or 'baseline'}), {torch.get_num_threads()} torch threads")
+            f"{isa(device)}), {torch.get_num_threads()} torch threads")
+
+
+def isa(device=torch.device("cpu")) -> str:
+    """The instruction sets that decide how the CPU's float arithmetic is done (e.g. "avx2/avx512f"),
+    or the GPU's name: two machines with the same string compute the same floats."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "/".join(flag for flag in ISA_FLAGS if f" {flag}" in cpuinfo) or f"{platform.machine()} baseline"
 
 
 def matmul_gflops(dtype, n=1024, seconds=0.5) -> float:

@@ -1,0 +1,95 @@
+"""Real .mbz files: their size beside the model's estimate and xz, coding speed, and what
+learning while reading (--adapt) gains.
+
+    python -m bench.mbz                         # the assets, each with its modality's checkpoint
+    python -m bench.mbz --adapt FILE --modality text
+
+Times are CPU seconds of this process (one torch thread, as compression uses), so a machine
+busy with other work does not inflate them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import lzma
+import time
+from pathlib import Path
+
+import torch
+
+import model.compress as mbz
+from app import service
+from model import score
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSET_MODALITIES = {"text": "text", "images": "image", "audio": "audio"}
+
+
+def mbz_bytes(model, data: bytes, checkpoint_sha256: str = "", adapt: mbz.Adaptation | None = None) -> int:
+    """The size of the .mbz file that `model` makes of `data`, header included."""
+    return len(mbz.compress(model, data, checkpoint_sha256, {"modality": "bytes"}, adapt=adapt))
+
+
+def coding_rates(model, data: bytes) -> dict[str, float]:
+    """Bytes/s (CPU time) of score(), compress() and decompress() on `data`, one torch thread;
+    checks that decompress gives `data` back."""
+    torch.set_num_threads(1)
+    rates = {}
+    start = time.process_time()
+    score(model, data)
+    rates["score"] = len(data) / (time.process_time() - start)
+    start = time.process_time()
+    blob = mbz.compress(model, data, "", {"modality": "bytes"})
+    rates["compress"] = len(data) / (time.process_time() - start)
+    start = time.process_time()
+    decoded, _ = mbz.decompress(model, blob, "")
+    rates["decompress"] = len(data) / (time.process_time() - start)
+    assert decoded == data, "decompress did not give the input back"
+    return rates
+
+
+def adaptation_gain(model, data: bytes, adapt: mbz.Adaptation = mbz.Adaptation()) -> dict[str, float]:
+    """Bits per byte as compress codes them without and with --adapt, and the CPU seconds of each."""
+    torch.set_num_threads(1)
+    report = {}
+    for name, setting in (("plain", None), ("adapt", adapt)):
+        start = time.process_time()
+        report[f"{name}_bits_per_byte"] = mbz.coded_scores(model, data, setting).bits_per_byte
+        report[f"{name}_seconds"] = time.process_time() - start
+    report["fewer_bits"] = 1 - report["adapt_bits_per_byte"] / report["plain_bits_per_byte"]
+    return report
+
+
+def asset_table() -> str:
+    rows = ["| file | modality | coded bytes | model estimate | .mbz bytes | xz -9e bytes | .mbz / xz |",
+            "|---|---|---|---|---|---|---|"]
+    for folder, modality in ASSET_MODALITIES.items():
+        checkpoint = service.default_checkpoint(modality)
+        model, layout = service.load_for(modality, checkpoint)
+        for path in sorted((ASSETS / folder).iterdir()):
+            data = service.encode_file(path, layout)
+            size = len(service.compress_bytes(data, modality, checkpoint))
+            estimate = score(model, data).bits_per_byte * len(data) / 8
+            xz = len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+            rows.append(f"| {path.name} | {modality} | {len(data):,} | {estimate:,.0f} | {size:,} | {xz:,} | "
+                        f"{size / xz:.2f} |")
+    return "\n".join(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="python -m bench.mbz", description=__doc__.split("\n")[0])
+    parser.add_argument("--adapt", type=Path, metavar="FILE", help="measure --adapt's gain on FILE instead")
+    parser.add_argument("--modality", default="text", choices=service.MODALITIES)
+    parser.add_argument("--bytes", type=int, default=1 << 20, help="how much of FILE (default: 1 MiB)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.adapt is None:
+        print(asset_table())
+        return
+    model, layout = service.load_for(args.modality, service.default_checkpoint(args.modality))
+    data = service.encode_file(args.adapt, layout)[: args.bytes]
+    print(f"{args.adapt}: {len(data):,} bytes as {args.modality}", adaptation_gain(model, data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Lossless compression with the model: a range coder driven by its next-byte probabilities.
+
+The .mbz container: MAGIC, a format-version byte, the header's length (4 bytes, little
+endian), the header as JSON, then the range coder's payload. The header names everything
+both ends must share to compute the same probabilities: the checkpoint's sha256, the
+torch version, the CPU's ISA, the thread count, the number of segments and the
+adaptation settings; plus the layout (opaque here), the length and a CRC-32 of the bytes.
+
+Why not score()'s windows: the decoder cannot run a window in one pass before it knows the
+window's bytes, and a pass that computes only some positions differs from it in the last
+bits. So both ends run the same computation, a patch at a time: the input is cut into
+segments that go side by side as the rows of one batch; the global model takes one cached
+step per patch; the local model runs over a whole patch (B, P). The encoder knows the
+patch and runs it once; the decoder runs the same call once per byte as it learns the
+bytes. The local model is causal and every shape is the same, so position j's logits are
+bit-identical whatever the later bytes hold. The global context slides like score()'s
+windows: each patch is predicted from half a window of context or more.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import zlib
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .hardware import isa
+from .score import Scores
+
+MAGIC = b"MBZ\x00"
+FORMAT_VERSION = 1
+THREADS = 1  # torch threads while coding: the decoder must split the arithmetic the same way
+FREQUENCY_BITS = 24  # each byte value gets floor(p·2^24) + 1: never zero, and within 2^-16 of p
+SEGMENT_BYTES = 65536  # at least this many bytes per segment: each segment starts without context
+MAX_SEGMENTS = 16
+TOP = 1 << 56  # the range coder keeps its range in [2^56, 2^64)
+MASK = (1 << 64) - 1
+HEADER_KEYS = {"checkpoint_sha256", "checkpoint", "layout", "length", "crc32", "payload_bytes",
+               "segments", "threads", "torch", "isa", "adapt"}
+
+
+class CompressError(ValueError):
+    """A .mbz file that cannot be decoded here; the message is one sentence."""
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """Dynamic evaluation (Krause et al. 2018): each time the context slides, `steps` SGD
+    steps at rate `lr` on the window just coded, loss on the bytes new since the last slide."""
+
+    steps: int = 1
+    lr: float = 0.003
+
+
+# The range coder: LZMA's, widened to 64 bits (Python's integers make that free), so the
+# truncation of range // total costs under 2^-30 bits per byte.
+
+
+class RangeEncoder:
+    def __init__(self):
+        self.low, self.range = 0, MASK
+        self.cache, self.pending = 0, 1  # the byte held back for a carry, and how many bytes it stands for
+        self.out = bytearray()
+
+    def encode(self, start: int, size: int, total: int):
+        r = self.range // total
+        self.low += r * start
+        self.range = r * size
+        while self.range < TOP:
+            self.range <<= 8
+            self.shift_low()
+
+    def shift_low(self):
+        if self.low < 0xFF << 56 or self.low > MASK:  # no carry can reach the held-back bytes any more
+            carry = self.low >> 64
+            self.out.append((self.cache + carry) & 0xFF)
+            self.out.extend([(0xFF + carry) & 0xFF] * (self.pending - 1))
+            self.pending, self.cache = 0, (self.low >> 56) & 0xFF
+        self.pending += 1
+        self.low = (self.low << 8) & MASK
+
+    def finish(self) -> bytes:
+        for _ in range(9):
+            self.shift_low()
+        return bytes(self.out[1:])  # the first byte is always 0: the intervals nest inside [0, 2^64)
+
+
+class RangeDecoder:
+    def __init__(self, payload: bytes):
+        self.payload, self.position = payload, 8
+        self.code, self.range = int.from_bytes(payload[:8].ljust(8, b"\0"), "big"), MASK
+
+    def target(self, total: int) -> int:
+        """Where the code falls in [0, total): the symbol is the one whose interval holds it."""
+        self.r = self.range // total
+        return min(self.code // self.r, total - 1)
+
+    def consume(self, start: int, size: int):
+        self.code -= self.r * start
+        self.range = self.r * size
+        while self.range < TOP:
+            if self.position >= len(self.payload):
+                raise CompressError("The .mbz payload is corrupt: it ends before its bytes do.")
+            self.code = ((self.code << 8) | self.payload[self.position]) & MASK
+            self.position += 1
+            self.range <<= 8
+
+
+def cumulative_frequencies(logits: torch.Tensor) -> np.ndarray:
+    """(..., 256) logits -> (..., 257) int64: the integer interval of byte b is [c[b], c[b+1])."""
+    frequencies = (logits.float().softmax(-1) * (1 << FREQUENCY_BITS)).floor().long() + 1
+    return F.pad(frequencies.cumsum(-1), (1, 0)).cpu().numpy()
+
+
+# The model, a patch at a time, identical at both ends.
+
+
+def global_prefill(model, x: torch.Tensor, cache) -> torch.Tensor:
+    """Whole patches x (S, m·P) at the start of a fresh window -> the local inputs of patch m."""
+    global_in = torch.cat([model.global_pad.expand(x.shape[0], 1, -1), model.embed_patches(x)], 1)
+    return model.global_step(global_in, torch.arange(global_in.shape[1], device=x.device), cache)
+
+
+def patch_logits(model, patch: torch.Tensor, from_global: torch.Tensor) -> torch.Tensor:
+    """The local model over a whole patch (S, P) -> logits (S, P, 256); position j reads bytes < j only."""
+    local_in = torch.cat([model.local_pad.expand(patch.shape[0], 1, -1), model.local_embed(patch[:, :-1])], 1)
+    return model.head(model.local_model(local_in + from_global))
+
+
+def adapt_model(model, window: torch.Tensor, new_from: int, lengths: torch.Tensor, start: int, adapt: Adaptation):
+    """SGD steps on the rows' window (S, W), which starts at byte `start` of each row, loss on
+    bytes new_from.. of the window that lie inside their row's length."""
+    target = window[:, new_from:]
+    positions = torch.arange(start + new_from, start + window.shape[1], device=window.device)
+    inside = (positions[None] < lengths[:, None]).float().reshape(-1)
+    if not inside.sum():
+        return
+    parameters = list(model.parameters())
+    for _ in range(adapt.steps):
+        with torch.enable_grad():
+            logits = model(window, predict_from=new_from)
+            losses = F.cross_entropy(logits.reshape(-1, 256), target.reshape(-1), reduction="none")
+            grads = torch.autograd.grad((losses * inside).sum() / inside.sum(), parameters)
+        for parameter, grad in zip(parameters, grads):
+            parameter.sub_(adapt.lr * grad)
+
+
+@torch.no_grad()
+def walk(model, rows: torch.Tensor, lengths: torch.Tensor, visit: Callable, known: bool,
+         adapt: Adaptation | None, progress: Callable[[int, int], None] | None):
+    """Runs the model over the rows (S, L), L a multiple of P, in lockstep, a patch at a time.
+    visit(logits (S, m, 256), position) returns the rows' bytes (S, m) at position.., which
+    are written into `rows`. With `known`, the rows already hold every byte, so the local
+    model runs, and visit is called, once per patch (m = P); else once per byte (m = 1).
+    The logits are the same either way; visit takes them in order of position, then row."""
+    p, window_patches = model.patch_size, model.context // model.patch_size
+    count = rows.shape[1] // p
+    cache = model.global_model.empty_cache(rows.shape[0], window_patches, torch.float32, rows.device)
+    first, adapted = 0, 0  # the window's first patch; the patches the model has adapted to
+    from_global = global_prefill(model, rows[:, :0], cache)
+    for k in range(count):
+        patch = rows[:, k * p : (k + 1) * p]  # a view: what visit returns lands in rows
+        if known:
+            patch[:] = visit(patch_logits(model, patch, from_global), k * p)
+        for j in range(0 if known else p):
+            patch[:, j : j + 1] = visit(patch_logits(model, patch, from_global)[:, j : j + 1], k * p + j)
+        if progress:
+            progress(int(lengths.clamp(max=(k + 1) * p).sum()), int(lengths.sum()))
+        if k + 1 == count:
+            break
+        if k + 1 - first < window_patches:
+            position = torch.tensor([k + 1 - first], device=rows.device)
+            from_global = model.global_step(model.embed_patches(patch, (k - first) * p), position, cache)
+            continue
+        # The window is full: it slides by half, as score()'s windows do.
+        if adapt:
+            window = rows[:, first * p : (k + 1) * p]
+            adapt_model(model, window, (adapted - first) * p, lengths, first * p, adapt)
+            adapted = k + 1
+        first = k + 1 - window_patches // 2
+        cache = model.global_model.empty_cache(rows.shape[0], window_patches, torch.float32, rows.device)
+        from_global = global_prefill(model, rows[:, first * p : (k + 1) * p], cache)
+
+
+def segment_count(n: int) -> int:
+    return max(1, min(MAX_SEGMENTS, n // SEGMENT_BYTES))
+
+
+def split_rows(data: bytes, segments: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bytes cut into `segments` rows of equal length (the last may be shorter), padded
+    with zeros to whole patches -> (rows (S, L), lengths (S,))."""
+    n = len(data)
+    per_row = -(-n // segments)
+    width = max(patch_size, -(-per_row // patch_size) * patch_size)
+    rows = torch.zeros(segments, width, dtype=torch.long)
+    flat = torch.tensor(np.frombuffer(data, np.uint8), dtype=torch.long)
+    lengths = torch.tensor([max(0, min(per_row, n - s * per_row)) for s in range(segments)])
+    for s in range(segments):
+        rows[s, : lengths[s]] = flat[s * per_row : s * per_row + lengths[s]]
+    return rows, lengths
+
+
+@contextmanager
+def coding_setup(model, threads: int, adapt: Adaptation | None):
+    """The thread count both ends share, and a private copy of the model if it is to learn."""
+    if next(model.parameters()).dtype != torch.float32:
+        raise CompressError("Compression needs the model in fp32: bf16 arithmetic differs between machines.")
+    if not hasattr(model, "global_step"):
+        raise CompressError("Compression needs a MegaByte checkpoint.")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield copy.deepcopy(model) if adapt else model
+    finally:
+        torch.set_num_threads(before)
+
+
+def checkpoint_sha256(folder) -> str:
+    """What identifies a checkpoint's arithmetic: its config.json and its weights."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        with open(Path(folder) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def compress(model, data: bytes, checkpoint_sha256: str, layout: dict, checkpoint: str = "",
+             adapt: Adaptation | None = None, progress: Callable[[int, int], None] | None = None) -> bytes:
+    """The .mbz file for `data`. `layout` is recorded as it is (the app's); `checkpoint` names it for people."""
+    device = next(model.parameters()).device
+    segments = segment_count(len(data))
+    encoder = RangeEncoder()
+    if data:
+        rows, lengths = split_rows(data, segments, model.patch_size)
+        valid = lengths.tolist()
+
+        def encode(logits, position):
+            frequencies = cumulative_frequencies(logits)  # (S, P, 257)
+            x = rows[:, position : position + logits.shape[1], None].numpy()
+            starts = np.take_along_axis(frequencies, x, -1)[..., 0].T.tolist()  # (P, S): position, then row
+            ends = np.take_along_axis(frequencies, x + 1, -1)[..., 0].T.tolist()
+            totals = frequencies[..., -1].T.tolist()
+            for j in range(len(starts)):
+                for s in range(len(valid)):
+                    if position + j < valid[s]:
+                        encoder.encode(starts[j][s], ends[j][s] - starts[j][s], totals[j][s])
+            return rows[:, position : position + logits.shape[1]].to(device)
+
+        with coding_setup(model, THREADS, adapt) as coder:
+            walk(coder, rows.to(device), lengths.to(device), encode, known=True, adapt=adapt, progress=progress)
+    payload = encoder.finish()
+    header = {
+        "checkpoint_sha256": checkpoint_sha256, "checkpoint": checkpoint, "layout": layout,
+        "length": len(data), "crc32": zlib.crc32(data), "payload_bytes": len(payload),
+        "segments": segments, "threads": THREADS, "torch": torch.__version__, "isa": isa(device),
+        "adapt": asdict(adapt) if adapt else None,
+    }
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return MAGIC + bytes([FORMAT_VERSION]) + len(encoded).to_bytes(4, "little") + encoded + payload
+
+
+def read_header(blob: bytes) -> dict:
+    """The header of a .mbz file, checked for shape and for truncation."""
+    if blob[:4] != MAGIC:
+        raise CompressError("This is not a .mbz file: it does not start with the .mbz magic bytes.")
+    if len(blob) < 9:
+        raise CompressError("The .mbz file is truncated: its header is incomplete.")
+    if blob[4] != FORMAT_VERSION:
+        raise CompressError(f"This .mbz file has format version {blob[4]}; this program reads version {FORMAT_VERSION}.")
+    size = int.from_bytes(blob[5:9], "little")
+    if len(blob) < 9 + size:
+        raise CompressError("The .mbz file is truncated: its header is incomplete.")
+    try:
+        header = json.loads(blob[9 : 9 + size])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CompressError("The .mbz header is corrupt: it is not valid JSON.") from None
+    if not isinstance(header, dict) or set(header) != HEADER_KEYS:
+        raise CompressError("The .mbz header is corrupt: its fields are not the ones this format has.")
+    missing = 9 + size + header["payload_bytes"] - len(blob)
+    if missing > 0:
+        raise CompressError(f"The .mbz file is truncated: {missing:,} bytes of its payload are missing.")
+    if missing < 0:
+        raise CompressError(f"The .mbz file is corrupt: {-missing:,} bytes follow its payload.")
+    return header
+
+
+def decompress(model, blob: bytes, checkpoint_sha256: str,
+               progress: Callable[[int, int], None] | None = None) -> tuple[bytes, dict]:
+    """(the original bytes, the layout recorded with them), or CompressError in one sentence."""
+    header = read_header(blob)
+    device = next(model.parameters()).device
+    if header["checkpoint_sha256"] != checkpoint_sha256:
+        raise CompressError(f"This .mbz was made with another checkpoint ({header['checkpoint'] or 'unnamed'}, "
+                            f"sha256 {header['checkpoint_sha256'][:12]}...); decompress it with that one.")
+    here = {"torch": torch.__version__, "isa": isa(device)}
+    for key, value in here.items():
+        if header[key] != value:
+            raise CompressError(f"This .mbz was made with {key} {header[key]} and this machine has {value}: "
+                                "the model's arithmetic could differ, so it cannot be decoded safely here.")
+    n, segments = header["length"], header["segments"]
+    adapt = Adaptation(**header["adapt"]) if header["adapt"] else None
+    rows, lengths = split_rows(bytes(n), segments, model.patch_size)
+    if n:
+        decoder = RangeDecoder(blob[len(blob) - header["payload_bytes"] :])
+        valid = lengths.tolist()
+
+        def decode(logits, position):
+            frequencies = cumulative_frequencies(logits[:, 0])
+            out = np.zeros((len(frequencies), 1), np.int64)
+            for s, row in enumerate(frequencies):
+                if position < valid[s]:
+                    symbol = int(np.searchsorted(row, decoder.target(int(row[-1])), side="right")) - 1
+                    decoder.consume(int(row[symbol]), int(row[symbol + 1] - row[symbol]))
+                    out[s] = symbol
+            return torch.from_numpy(out).to(device)
+
+        rows = rows.to(device)
+        with coding_setup(model, header["threads"], adapt) as coder:
+            walk(coder, rows, lengths.to(device), decode, known=False, adapt=adapt, progress=progress)
+    data = b"".join(rows[s, : valid_length].cpu().numpy().astype(np.uint8).tobytes()
+                    for s, valid_length in enumerate(lengths.tolist()))
+    if zlib.crc32(data) != header["crc32"]:
+        raise CompressError("The .mbz payload is corrupt: the decoded bytes fail their checksum.")
+    return data, header["layout"]
+
+
+def coded_scores(model, data: bytes, adapt: Adaptation | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Scores:
+    """Per-byte surprisal and entropy as compress() sees them (with adaptation if asked):
+    what `score --adapt` reports. The coded size is their sum in bits, to within 0.01%."""
+    n = len(data)
+    surprisal, entropy = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    if not n:
+        return Scores(surprisal, entropy)
+    segments = segment_count(n)
+    rows, lengths = split_rows(data, segments, model.patch_size)
+    per_row, device = -(-n // segments), next(model.parameters()).device
+    valid = lengths.tolist()
+
+    def measure(logits, position):
+        m = logits.shape[1]
+        logp = logits.float().log_softmax(-1)
+        bits = (-logp.gather(-1, rows[:, position : position + m, None].to(device))[..., 0] / np.log(2)).cpu()
+        spread = (-(logp.exp() * logp).sum(-1) / np.log(2)).cpu()
+        for s in range(len(bits)):
+            end = max(0, min(m, valid[s] - position))  # the row's bytes in this patch
+            surprisal[s * per_row + position : s * per_row + position + end] = bits[s, :end].numpy()
+            entropy[s * per_row + position : s * per_row + position + end] = spread[s, :end].numpy()
+        return rows[:, position : position + m].to(device)
+
+    with coding_setup(model, THREADS, adapt) as coder:
+        walk(coder, rows.to(device), lengths.to(device), measure, known=True, adapt=adapt, progress=progress)
+    return Scores(surprisal, entropy)
