@@ -27,7 +27,6 @@ from tqdm import tqdm
 import adapters
 from app import service
 from app.service import UserError
-from model import compile_decoding
 
 SPOTS = 3  # how many of the most surprising places the summary names
 
@@ -178,7 +177,7 @@ def continue_prompt(model, prompt: bytes, new_bytes: int, args) -> list[bytes]:
     """The prompt followed by each sample's new bytes."""
     how = service.sampling(args.temperature, args.top_k, args.top_p)
     if args.compile:
-        compile_decoding(model)
+        service.compile_now(model, (service.bucket_for(args.samples),))  # as the app does, in the foreground
     stream = service.continue_bytes(model, prompt, new_bytes, args.samples, how, args.seed)
     with progress_bar(new_bytes, "generating") as bar:
         parts = []

@@ -5,10 +5,14 @@ Every error a user can cause comes out as UserError with one sentence.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import io
 import lzma
+import os
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,12 +23,19 @@ import torch
 import adapters
 from adapters import AdapterError, Layout
 from adapters.common import read_source
-from model import CheckpointError, Sampling, Scores, generate_stream, load_checkpoint, score
+from model import (CheckpointError, Sampling, Scores, compile_decoding, generate, generate_stream, load_checkpoint,
+                   score)
+from model.hardware import bf16_faster, decoding_dtype
 import model.compress as mbz
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ROOT / "checkpoints"
 MODALITIES = ("text", "image", "audio", "bytes")
+# Generation runs at one of these batch sizes, the samples padded up to it, so that a few
+# compiled steps serve every request (and the same seed gives the same bytes either way).
+BATCH_BUCKETS = (1, 2, 4, 8)
+# Inductor's compiled code, kept across restarts: a warm start compiles in seconds.
+COMPILE_CACHE = Path.home() / ".cache" / "megabyte-studio"
 
 
 class UserError(ValueError):
@@ -81,8 +92,8 @@ def score_bytes(model, data: bytes, progress=None, adapt: bool = False) -> Score
     start = time.perf_counter()
     if adapt:
         scores = mbz.coded_scores(model, data, mbz.Adaptation(), progress)
-    else:
-        scores = score(model, data, top=5, progress=progress)
+    else:  # bf16 where it is faster: the view shows bits, it does not need fp32's exactness
+        scores = score(model, data, top=5, batch=16, bf16=bf16_faster(device()), progress=progress)
     return ScoreResult(data, scores, time.perf_counter() - start)
 
 
@@ -101,13 +112,80 @@ def encode_file(source, layout: Layout, max_audio_seconds: float | None = None) 
         raise UserError(str(e)) from None
 
 
-def continue_bytes(model, prompt: bytes, new_bytes: int, samples: int, how: Sampling, seed: int = 0):
-    """Yields the new bytes (samples, m) as they are made."""
+@dataclass
+class GenerationStatus:
+    """How a generation is running, for the view: on the "compiled" step or "eager", and
+    the new bytes per second so far, all samples counted."""
+
+    path: str = "eager"
+    bytes_per_second: float = 0.0
+
+
+# model -> {batch bucket: (the model in its decoding dtype, its compiled step)}, filled by compile_now
+_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bucket_for(samples: int) -> int:
+    return next(bucket for bucket in BATCH_BUCKETS if bucket >= samples)
+
+
+def continue_bytes(model, prompt: bytes, new_bytes: int, samples: int, how: Sampling, seed: int = 0,
+                   status: GenerationStatus | None = None):
+    """Yields the new bytes (samples, m) as they are made, on the compiled step when it is
+    ready for this batch and eagerly until then; `status` follows which, and how fast.
+    Holds no lock: the decoding state is this request's own."""
     if new_bytes < 1:
         raise UserError("Ask for at least one new byte.")
     if not 1 <= samples <= 8:
         raise UserError("The number of samples must be between 1 and 8.")
-    yield from generate_stream(model, prompt, new_bytes, samples, how, seed)
+    status = status or GenerationStatus()
+    bucket = bucket_for(samples)
+    decoder, step = _compiled_steps.get(model, {}).get(bucket, (model, None))
+    status.path = "compiled" if step else "eager"
+    start, made = time.perf_counter(), 0
+    for part in generate_stream(decoder, prompt, new_bytes, bucket, how, seed, patch_step=step):
+        made += part.shape[1]
+        status.bytes_per_second = samples * made / (time.perf_counter() - start)
+        yield part[:samples]
+
+
+def compile_now(model, buckets=BATCH_BUCKETS):
+    """Compiles `model`'s decoding step for each batch bucket, in the dtype that decodes
+    faster at that batch (model.hardware.decoding_dtype: bf16 weights and caches where they
+    win); continue_bytes uses each as soon as it is ready. Inductor's cache lives in
+    COMPILE_CACHE, so a restart reuses the compiled code."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(COMPILE_CACHE / "inductor"))
+    # every (model, dtype, bucket) is one compiled graph of the same function
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    ready = _compiled_steps.setdefault(model, {})
+    for bucket in buckets:
+        dtype = decoding_dtype(model, bucket)
+        decoders = [decoder for decoder, _ in ready.values() if next(decoder.parameters()).dtype == dtype]
+        decoder = model if dtype == torch.float32 else (decoders or [copy.deepcopy(model).to(dtype)])[0]
+        step = compile_decoding(decoder)
+        # a prompt of one whole patch: the first call of the step compiles it
+        generate(decoder, bytes(decoder.patch_size), decoder.patch_size, bucket, patch_step=step)
+        ready[bucket] = decoder, step
+
+
+def compile_in_background(checkpoints: str | Path = CHECKPOINTS) -> threading.Thread:
+    """Compiles, in a daemon thread, the decoding step of every checkpoint that generates:
+    audio ones at batch 1 (the app continues one clip), image ones at every bucket, the
+    smallest batches first. Nobody waits: requests that come first decode eagerly."""
+    jobs = [(folder, 1) for folder in adapters.checkpoints.catalog(checkpoints, "audio")]
+    jobs += [(folder, bucket) for bucket in BATCH_BUCKETS for folder in adapters.checkpoints.catalog(checkpoints, "image")]
+
+    def work():
+        for folder, bucket in jobs:
+            try:
+                compile_now(load(folder)[0], (bucket,))
+            except Exception as e:  # noqa: BLE001 -- a failed compile must not stop the app; it stays eager
+                print(f"Decoding with {folder} at batch {bucket} stays eager: compiling failed "
+                      f"({type(e).__name__}: {e}).", flush=True)
+
+    thread = threading.Thread(target=work, name="compile-decoding", daemon=True)
+    thread.start()
+    return thread
 
 
 def collect(stream) -> list[bytes]:

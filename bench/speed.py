@@ -1,16 +1,19 @@
 """Speed and memory of the model core: `python -m bench.speed` writes bench/results/speed.md.
 
-Measures, in one run on this machine: the matmul ceiling (fp32, bf16); training bytes/s
-and model FLOPs utilisation for MegaByte and the flat baseline (fp32/bf16, eager/compiled);
-generation bytes/s at batch 1 and 8 (MegaByte cached, eager and compiled, flat cached,
-MegaByte recomputing the whole sequence for every byte, what MegaByte's Linear calls
-alone reach, and the ceiling that memory bandwidth and the matmul peak set); scoring 1 MB
-and 2 MB (seconds, peak memory).
+Measures, in one run on this machine: the matmul ceiling (fp32, bf16, the best over sizes
+that reach it); training bytes/s and model FLOPs utilisation for MegaByte and the flat
+baseline (fp32/bf16, eager/compiled); generation bytes/s at batch 1 and 8 (MegaByte cached,
+eager and compiled, through the app's service, flat cached, MegaByte recomputing the whole
+sequence for every byte, what MegaByte's Linear calls alone reach, and the ceiling that
+memory bandwidth and the matmul peak set); scoring 1 MB and 2 MB (seconds, peak memory),
+today's fp32 path beside the fast one. `--json` prints the headline figures as one JSON
+object on the last line.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -21,22 +24,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from app import service
 from model import (FlatConfig, MegaByteConfig, Sampling, build_model, compile_decoding,
                    generate, next_byte_loss)
-from model.hardware import machine_description
+from model.hardware import bf16_faster, decoding_dtype, machine_description, matmul_gflops
 
 MEGABYTE = MegaByteConfig(patch_size=8, byte_dim=32, global_layers=4, global_heads=4,
                           local_dim=128, local_layers=2, local_heads=4, max_bytes=2048)
 FLAT = FlatConfig(dim=256, layers=5, heads=4, max_bytes=2048)
 
 
-def matmul_gflops(dtype, n=1024, repeats=5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+MATMUL_SIZES = (256, 512, 1024, 2048)
+
+
+def matmul_ceiling(dtype, sizes=MATMUL_SIZES, seconds=0.5) -> float:
+    """GFLOP/s: the best n x n matmul rate over sizes large enough to reach the peak
+    (bf16 units reach theirs only at n >= 1024 on some CPUs)."""
+    return max(matmul_gflops(dtype, n, seconds) for n in sizes)
 
 
 def flops_per_byte(config, seq_len: int) -> float:
@@ -72,11 +76,34 @@ def training_speed(config, bf16: bool, compiled: bool, batch=8, seq_len=2048, st
     return batch * seq_len * steps / (time.perf_counter() - start)
 
 
-def generation_speed(model, samples: int, new_bytes: int) -> float:
-    generate(model, b"warm-up", 32, samples)
-    start = time.perf_counter()
-    generate(model, b"The prompt. ", new_bytes, samples, Sampling(top_k=50))
-    return samples * new_bytes / (time.perf_counter() - start)
+def best_of(repeats: int, measure) -> float:
+    """The best of a few runs: the machine is shared, and other work only ever slows a run."""
+    return max(measure() for _ in range(repeats))
+
+
+def generation_speed(model, samples: int, new_bytes: int, patch_step=None, repeats: int = 3) -> float:
+    generate(model, b"warm-up", 32, samples, patch_step=patch_step)
+
+    def once():
+        start = time.perf_counter()
+        generate(model, b"The prompt. ", new_bytes, samples, Sampling(top_k=50), patch_step=patch_step)
+        return samples * new_bytes / (time.perf_counter() - start)
+
+    return best_of(repeats, once)
+
+
+def app_generation_speed(model, samples: int, new_bytes: int, repeats: int = 3) -> float:
+    """What a web request gets once the app's background compile is done: service.continue_bytes."""
+    service.compile_now(model, buckets=(service.bucket_for(samples),))
+
+    def once():
+        status = service.GenerationStatus()
+        for _ in service.continue_bytes(model, b"The prompt. ", new_bytes, samples, Sampling(top_k=50), status=status):
+            pass
+        assert status.path == "compiled"
+        return status.bytes_per_second
+
+    return best_of(repeats, once)
 
 
 def decoding_linears(model) -> tuple[list[nn.Linear], list[nn.Linear]]:
@@ -111,10 +138,12 @@ def streaming_bandwidth(n_bytes: int, repeats: int = 20) -> float:
     n_bytes the size of the weights, they sit in the same cache level as in decoding."""
     data = torch.ones(n_bytes // 4)
     data.sum()
-    start = time.perf_counter()
-    for _ in range(repeats):
+    best = float("inf")
+    for _ in range(repeats):  # the fastest read: on a shared machine, others only slow a read down
+        start = time.perf_counter()
         data.sum()
-    return n_bytes * repeats / (time.perf_counter() - start)
+        best = min(best, time.perf_counter() - start)
+    return n_bytes / best
 
 
 def weights_used_per_patch(model) -> int:
@@ -124,13 +153,13 @@ def weights_used_per_patch(model) -> int:
     return sum(m.weight.numel() for m in per_patch) + model.patch_size * sum(m.weight.numel() for m in per_byte)
 
 
-def decoding_ceiling(model, samples: int, bandwidth: float, peak_flops: float) -> float:
+def decoding_ceiling(model, samples: int, bandwidth: float, peak_flops: float, bytes_per_weight: int = 4) -> float:
     """Bytes/s that the hardware allows MegaByte's decoding, as a roofline: per patch, the
-    global weights are read once and the local ones once per byte (memory), and every
-    weight use costs 2 FLOPs per sample (compute). Attention and sampling are left out,
-    so no implementation on this machine can beat it."""
+    global weights are read once and the local ones once per byte (memory, at the dtype
+    decoding uses), and every weight use costs 2 FLOPs per sample (compute). Attention and
+    sampling are left out, so no implementation on this machine can beat it."""
     weights = weights_used_per_patch(model)
-    seconds = max(4 * weights / bandwidth, 2 * samples * weights / peak_flops)
+    seconds = max(bytes_per_weight * weights / bandwidth, 2 * samples * weights / peak_flops)
     return samples * model.patch_size / seconds
 
 
@@ -150,11 +179,12 @@ def recompute_speed(model, samples: int, new_bytes: int) -> float:
 SCORE_CHILD = """
 import json, re, sys, time, torch
 from model import build_model, config_from_dict, score
+torch.set_num_threads(int(sys.argv[4]))
 torch.manual_seed(0)
 model = build_model(config_from_dict(json.loads(sys.argv[1]))).eval()
 data = open(sys.argv[2], "rb").read()[: int(sys.argv[3])]
 start = time.perf_counter()
-score(model, data)
+score(model, data, batch=int(sys.argv[5]), bf16=sys.argv[6] == "bf16")
 seconds = time.perf_counter() - start
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
 peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
@@ -162,10 +192,12 @@ print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024}))
 """
 
 
-def scoring_cost(config, path: Path, n_bytes: int) -> dict:
-    """Seconds and peak resident memory of scoring n_bytes, in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", SCORE_CHILD, json.dumps(config.to_dict()), str(path), str(n_bytes)],
-                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+def scoring_cost(config, path: Path, n_bytes: int, batch: int, precision: str) -> dict:
+    """Seconds and peak resident memory of scoring n_bytes, `batch` windows at a time, in a
+    fresh process on as many threads as this one."""
+    command = [sys.executable, "-c", SCORE_CHILD, json.dumps(config.to_dict()), str(path), str(n_bytes),
+               str(torch.get_num_threads()), str(batch), precision]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -181,21 +213,39 @@ def real_bytes(n: int, path: Path) -> Path:
     return path
 
 
+SCORE_BATCH_BEFORE, SCORE_BATCH = 4, 16  # windows per forward pass: score()'s default, and the fast path's
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results/speed.md")
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script itself")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default: %(default)s, as the app decodes)")
+    parser.add_argument("--json", action="store_true", help="print the headline figures as one JSON object, last")
     args = parser.parse_args(argv)
     quick = args.quick
-    lines = [f"# Speed and memory\n\nMachine: {machine_description(torch.device('cpu'))}  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  \n"
-             f"Command: `python -m bench.speed{' --quick' if quick else ''}`\n"]
+    torch.set_num_threads(args.threads)
+    machine = machine_description(torch.device("cpu"))
+    flags = "".join(f" {flag}" for flag, on in (("--quick", quick), ("--no-compile", args.no_compile)) if on)
+    lines = [f"# Speed and memory\n\nMachine: {machine}  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  \n"
+             f"Command: `python -m bench.speed --threads {args.threads}{flags}`\n"]
+    summary = {"machine": machine}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
 
-    peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16, n=256, repeats=2)}
-    lines += ["## Matmul ceiling\n", "| dtype | GFLOP/s |", "|---|---|"]
+    def save():  # after every section: a long run on a busy machine shows what it has so far
+        out.write_text("\n".join(lines) + "\n")
+
+    peaks = {name: matmul_ceiling(dtype, MATMUL_SIZES[:2] if quick else MATMUL_SIZES, 0.1 if quick else 0.5)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    lines += ["## Matmul ceiling\n", f"The best n × n matmul over n in {MATMUL_SIZES[:2] if quick else MATMUL_SIZES}.\n",
+              "| dtype | GFLOP/s |", "|---|---|"]
     lines += [f"| {k} | {v:,.1f} |" for k, v in peaks.items()]
     print(lines[-2:], flush=True)
+    save()
 
     seq_len, batch = (256, 2) if quick else (2048, 8)
     lines += ["\n## Training (forward + backward + AdamW), random bytes\n",
@@ -215,40 +265,74 @@ def main(argv=None):
                 mfu = speed * flops_per_byte(config, seq_len) / (peaks[precision] * 1e9)
                 lines.append(f"| {config.kind} | {params / 1e6:.1f}M | {precision} | {compiled} | {speed:,.0f} | {mfu:.0%} |")
                 print(lines[-1], flush=True)
+                if config is MEGABYTE and speed > summary.get("train_bytes_per_s", 0):
+                    summary.update(train_bytes_per_s=round(speed), train_precision=precision, train_compiled=compiled)
+    save()
 
     new_bytes = 64 if quick else 512
-    lines += ["\n## Generation (fp32, top-k 50)\n", f"{new_bytes} new bytes per sample; bytes/s counts all samples.\n",
-              "| method | batch 1 | batch 8 |", "|---|---|---|"]
     torch.manual_seed(0)
     megabyte, flat = build_model(MEGABYTE).eval(), build_model(FLAT).eval()
-    rows = [("MegaByte, KV caches in both models", lambda s: generation_speed(megabyte, s, new_bytes)),
-            ("flat transformer, KV cache", lambda s: generation_speed(flat, s, new_bytes)),
-            ("MegaByte, whole sequence recomputed every byte", lambda s: recompute_speed(megabyte, s, new_bytes // 4))]
+    dtypes = {s: decoding_dtype(megabyte, s) for s in (1, 8)}  # as the app chooses
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+    lines += ["\n## Generation (top-k 50)\n",
+              f"{new_bytes} new bytes per sample; bytes/s counts all samples; the best of 3 runs. The compiled step "
+              f"and the app decode in the dtype that `model.hardware.decoding_dtype` measures to be faster: "
+              f"{names[dtypes[1]]} at batch 1, {names[dtypes[8]]} at batch 8. The rest run in fp32.\n",
+              "| method | batch 1 | batch 8 |", "|---|---|---|"]
+    rows = [("eager", "MegaByte, KV caches in both models", lambda s: generation_speed(megabyte, s, new_bytes))]
     if not args.no_compile:
-        compiled = compile_decoding(build_model(MEGABYTE).eval())
-        rows.insert(1, ("MegaByte, KV caches, compiled patch step", lambda s: generation_speed(compiled, s, new_bytes)))
-    weight_bytes = 4 * sum(p.numel() for p in megabyte.parameters())
-    bandwidth = streaming_bandwidth(weight_bytes)
-    rows += [("MegaByte's Linear calls alone (eager), nothing else", lambda s: linear_calls_speed(megabyte, s)),
-             (f"ceiling: weight reads at {bandwidth / 1e9:.0f} GB/s or FLOPs at the fp32 peak",
-              lambda s: decoding_ceiling(megabyte, s, bandwidth, peaks["fp32"] * 1e9))]
-    for name, measure in rows:
-        lines.append(f"| {name} | {measure(1):,.0f} | {measure(8):,.0f} |")
+        decoders = {s: megabyte if dtypes[s] == torch.float32 else copy.deepcopy(megabyte).to(dtypes[s]) for s in dtypes}
+        steps = {s: compile_decoding(decoders[s]) for s in dtypes}
+        rows += [("compiled", "MegaByte, KV caches, compiled patch step",
+                  lambda s: generation_speed(decoders[s], s, new_bytes, steps[s])),
+                 ("app", "the app's service once compiled (padded to its batch bucket)",
+                  lambda s: app_generation_speed(megabyte, s, new_bytes))]
+    rows += [("flat", "flat transformer, KV cache", lambda s: generation_speed(flat, s, new_bytes)),
+             ("recompute", "MegaByte, whole sequence recomputed every byte",
+              lambda s: recompute_speed(megabyte, s, new_bytes // 4)),
+             ("linears", "MegaByte's Linear calls alone (eager, fp32), nothing else",
+              lambda s: linear_calls_speed(megabyte, s))]
+    bandwidths = {dtype: streaming_bandwidth(dtype.itemsize * sum(p.numel() for p in megabyte.parameters()))
+                  for dtype in set(dtypes.values())}
+    rows.append(("ceiling", "ceiling: weight reads at the bandwidth of their size (" +
+                 ", ".join(f"{names[d]} {b / 1e9:.0f} GB/s" for d, b in bandwidths.items()) +
+                 ") or FLOPs at the matmul peak, in the dtype of the compiled row",
+                 lambda s: decoding_ceiling(megabyte, s, bandwidths[dtypes[s]], peaks[names[dtypes[s]]] * 1e9,
+                                            dtypes[s].itemsize)))
+    for key, name, measure in rows:
+        speeds = [measure(1), measure(8)]
+        summary.update({f"{key}_batch1": round(speeds[0]), f"{key}_batch8": round(speeds[1])})
+        lines.append(f"| {name} | {speeds[0]:,.0f} | {speeds[1]:,.0f} |")
         print(lines[-1], flush=True)
+        save()
+    if not args.no_compile:
+        lines.append(f"\nCompiled step against the ceiling: {summary['compiled_batch1'] / summary['ceiling_batch1']:.0%} "
+                     f"at batch 1, {summary['compiled_batch8'] / summary['ceiling_batch8']:.0%} at batch 8.")
+    save()
 
     sizes = (50_000, 100_000) if quick else (1_000_000, 2_000_000)
     data = real_bytes(sizes[-1], Path("/tmp/megabyte_bench_bytes.bin"))
-    lines += ["\n## Scoring (fp32, windows of the 2048-byte context, stride 1024), real Python source\n",
-              "| bytes | seconds | peak memory (MB) | bytes/s |", "|---|---|---|---|"]
-    for n in sizes:
-        cost = scoring_cost(MEGABYTE, data, n)
-        lines.append(f"| {n:,} | {cost['seconds']:.1f} | {cost['peak_mb']:.0f} | {n / cost['seconds']:,.0f} |")
-        print(lines[-1], flush=True)
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    fast_precision = "bf16" if bf16_faster() else "fp32"
+    lines += ["\n## Scoring (windows of the 2048-byte context, stride 1024), real Python source\n",
+              f"Today's path, `score(model, data)`: fp32, {SCORE_BATCH_BEFORE} windows a pass (exact, as lossless "
+              f"compression needs it). The fast path: `score(..., batch={SCORE_BATCH}, bf16=bf16_faster())`, "
+              f"{fast_precision} here.\n",
+              "| path | bytes | seconds | peak memory (MB) | bytes/s |", "|---|---|---|---|---|"]
+    for n in sizes:  # the two paths side by side, 1 MB first
+        for label, batch_windows, precision in (("before", SCORE_BATCH_BEFORE, "fp32"),
+                                                ("fast", SCORE_BATCH, fast_precision)):
+            cost = min((scoring_cost(MEGABYTE, data, n, batch_windows, precision) for _ in range(1 if quick else 2)),
+                       key=lambda c: c["seconds"])
+            lines.append(f"| {label}, {precision}, {batch_windows} windows | {n:,} | {cost['seconds']:.1f} | "
+                         f"{cost['peak_mb']:.0f} | {n / cost['seconds']:,.0f} |")
+            print(lines[-1], flush=True)
+            if n == sizes[0]:
+                summary["score_1mb_seconds" if label == "fast" else "score_1mb_seconds_before"] = round(cost["seconds"], 2)
+    summary["score_precision"] = fast_precision
+    save()
     print(f"wrote {out}")
+    if args.json:
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

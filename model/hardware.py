@@ -6,6 +6,8 @@ AVX512-BF16 or AMX: bf16 several times fp32), so the choice is timed at start.
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import platform
 import time
@@ -53,6 +55,43 @@ def bf16_hopeless(device) -> bool:
     if device.type != "cpu":
         return False
     return matmul_gflops(torch.bfloat16, n=256, seconds=0.1) < matmul_gflops(torch.float32, n=256, seconds=0.1) / 4
+
+
+@functools.cache
+def bf16_faster(device=torch.device("cpu")) -> bool:
+    """True where a bf16 matmul of scoring's size (a few thousand rows) beats fp32: on CUDA,
+    and on CPUs with AVX512-BF16 or AMX. Measured once per process."""
+    if device.type != "cpu":
+        return True
+    return matmul_gflops(torch.bfloat16, n=512, seconds=0.1) > matmul_gflops(torch.float32, n=512, seconds=0.1)
+
+
+@torch.no_grad()
+def decoding_dtype(model, batch: int, patches: int = 3) -> torch.dtype:
+    """torch.float32 or torch.bfloat16, whichever decodes `model` faster at `batch` samples:
+    times its hot step (`prefill`, then `patch_step`) in each, a few tens of ms. Decoding
+    multiplies one to eight rows at a time, where a bf16 matmul can lose to fp32 on its
+    overhead even on CPUs whose bf16 peak is twice fp32's, so the matmul peak cannot say."""
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        return torch.bfloat16
+    if bf16_hopeless(device):
+        return torch.float32
+
+    def seconds(dtype) -> float:
+        candidate = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+        p = candidate.patch_size
+        logits, state = candidate.prefill(torch.zeros(batch, p, dtype=torch.long, device=device))
+        knobs = torch.tensor([1.0, 256, 1.0], device=device)
+        uniform = torch.rand(batch, p, 256, device=device)
+        best = float("inf")
+        for _ in range(patches + 1):  # the first one warms up
+            start = time.perf_counter()
+            _, logits, state = candidate.patch_step(logits, state, uniform, knobs)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return torch.bfloat16 if seconds(torch.bfloat16) < seconds(torch.float32) else torch.float32
 
 
 def training_rate(model, x: torch.Tensor, bf16: bool, loss_fn, steps: int = 3) -> float:

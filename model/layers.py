@@ -1,4 +1,9 @@
-"""Pre-norm transformer layers with a static KV cache, shared by MegaByte and the flat baseline."""
+"""Pre-norm transformer layers, shared by MegaByte and the flat baseline.
+
+A KV cache is not part of a layer: it belongs to one request. `Transformer.empty_cache`
+makes one (a keys and a values buffer per block, allocated once), and `forward` takes it
+and writes the new positions' keys and values into it in place.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +17,6 @@ from torch import nn
 # in the bf16 backward pass of the local model (queries of P bytes), and in decoding
 # (one query against the whole cache: SDPA took ~250 us per call here). SDPA wins on long ones.
 EXPLICIT_ATTENTION_MAX_QUERIES = 64
-
-
-class KVCache(nn.Module):
-    """Keys and values of past positions, in buffers allocated once."""
-
-    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype, device):
-        super().__init__()
-        shape = (batch, heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        self.k.index_copy_(2, positions, k.to(self.k.dtype))
-        self.v.index_copy_(2, positions, v.to(self.v.dtype))
-        return self.k, self.v
 
 
 def attention(q, k, v, mask=None, causal=False):
@@ -48,19 +38,19 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.cache: KVCache | None = None
 
-    def forward(self, x, positions=None):
-        """Causal self-attention over x; with a cache, x sits at `positions` and sees all before."""
+    def forward(self, x, cache=None, positions=None, mask=None):
+        """Causal self-attention over x; with a cache (keys, values), x sits at `positions`,
+        is written there, and attends to the cached positions that `mask` allows."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        if self.cache is None:
+        if cache is None:
             y = attention(q, k, v, causal=True)
         else:
-            k, v = self.cache.update(positions, k, v)
-            key_positions = torch.arange(k.shape[-2], device=x.device)
-            mask = key_positions[None, :] <= positions[:, None]
-            y = attention(q, k.to(q.dtype), v.to(q.dtype), mask=mask)
+            keys, values = cache
+            keys.index_copy_(2, positions, k.to(keys.dtype))
+            values.index_copy_(2, positions, v.to(values.dtype))
+            y = attention(q, keys.to(q.dtype), values.to(q.dtype), mask=mask)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -82,8 +72,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
 
-    def forward(self, x, positions=None):
-        x = x + self.attn(self.norm1(x), positions)
+    def forward(self, x, cache=None, positions=None, mask=None):
+        x = x + self.attn(self.norm1(x), cache, positions, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -96,19 +86,22 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x, positions=None):
-        for block in self.blocks:
-            x = block(x, positions)
+    def forward(self, x, cache=None, positions=None):
+        """x (B, t, D) -> (B, t, D). With a cache from `empty_cache`, x sits at `positions`
+        (t of them) and sees every cached position up to its own."""
+        mask = None
+        if cache is not None:  # built once per call, shared by every block
+            key_positions = torch.arange(cache[0][0].shape[2], device=x.device)
+            mask = key_positions[None, :] <= positions[:, None]
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i], positions, mask)
         return self.norm(x)
 
-    def setup_cache(self, batch: int, max_len: int, dtype=torch.float32):
-        device = self.norm.weight.device
-        for block in self.blocks:
-            block.attn.cache = KVCache(batch, self.heads, max_len, self.dim // self.heads, dtype, device)
-
-    def clear_cache(self):
-        for block in self.blocks:
-            block.attn.cache = None
+    def empty_cache(self, batch: int, max_len: int, dtype, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One request's keys and values for max_len positions: a (keys, values) pair per block."""
+        shape = (batch, self.heads, max_len, self.dim // self.heads)
+        return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+                for _ in self.blocks]
 
 
 def init_weights(module: nn.Module):

@@ -2,11 +2,15 @@
 
 Both models here map bytes x[0..T) to logits[0..T), where logits[t] is the
 prediction of x[t] from x[0..t): the shift happens inside the model. Both also
-decode with KV caches through `prefill` (a prompt in one pass) and `decode_one`
-(one byte in, the next byte's logits out).
+decode with KV caches, gpt-fast style: `prefill` runs a prompt and makes the request's
+state (caches and length), and `decode_one` (one byte) and `patch_step` (a whole
+patch, sampled; the hot step) take the state and return it. The model holds weights
+only, so one model serves many requests at once.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +24,27 @@ from .sampling import sample
 def next_byte_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy in nats over all 256 byte values; byte 0 counts like any other."""
     return F.cross_entropy(logits.float().reshape(-1, 256), x.reshape(-1).long())
+
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # (keys, values) per block, see Transformer.empty_cache
+
+
+class MegaByteState(NamedTuple):
+    """One request's decoding state. Steps write the caches in place and return the state
+    to go on from, so a state is used once."""
+
+    global_cache: KVCache  # every patch position of the context (0 is the padding patch)
+    local_cache: KVCache  # the P bytes of the current patch
+    from_global: torch.Tensor  # (B, P, D_L): the global model's input to each byte of the current patch
+    patch: torch.Tensor  # (B, P): the current patch's bytes so far
+    length: torch.Tensor  # (): bytes in the sequence so far
+
+
+class FlatState(NamedTuple):
+    """One request's decoding state for the flat baseline, as MegaByteState."""
+
+    cache: KVCache
+    length: torch.Tensor
 
 
 class MegaByte(nn.Module):
@@ -41,7 +66,8 @@ class MegaByte(nn.Module):
         init_weights(self)
         nn.init.normal_(self.global_pad, std=0.02)
         nn.init.normal_(self.local_pad, std=0.02)
-        self.decode_patch_step = self.patch_step  # compile_decoding swaps in a compiled one
+        # built once: the local cache positions of a patch's bytes, sliced by the decode steps
+        self.register_buffer("byte_positions", torch.arange(c.patch_size), persistent=False)
 
     def embed_patches(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         """Bytes (B, k·P) at absolute positions start.. -> patch embeddings (B, k, P·D_G)."""
@@ -75,84 +101,68 @@ class MegaByte(nn.Module):
 
     # Cached decoding: the global model runs once per patch, the local model once per byte.
 
-    def setup_cache(self, batch: int, dtype=torch.float32):
-        self.global_model.setup_cache(batch, self.context // self.patch_size, dtype)
-        self.local_model.setup_cache(batch, self.patch_size, dtype)
+    def global_step(self, global_in: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Global inputs at cache `positions` -> local inputs (B, P, D_L) for the patch after the last one."""
+        return self.split_global(self.global_model(global_in, cache, positions)[:, -1:])[:, 0]
 
-    def clear_cache(self):
-        self.global_model.clear_cache()
-        self.local_model.clear_cache()
-
-    def global_step(self, global_in: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Global inputs at cache `positions` -> local inputs for the patch after the last one."""
-        return self.split_global(self.global_model(global_in, positions)[:, -1:])[:, 0]
-
-    def local_step(self, local_in: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def local_step(self, local_in: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Local inputs at cache `positions` inside the patch -> logits of the next byte."""
-        return self.head(self.local_model(local_in, positions)[:, -1])
+        return self.head(self.local_model(local_in, cache, positions)[:, -1])
 
-    def open_patch(self, patch: torch.Tensor, position: torch.Tensor):
+    def open_patch(self, patch: torch.Tensor, position: torch.Tensor, state: MegaByteState):
         """A finished patch (B, P) at global cache `position` (a (1,) tensor; 0 is the pad)
         -> the next patch's local inputs (B, P, D_L) and the logits of its first byte."""
         start = (position - 1) * self.patch_size
-        from_global = self.global_step(self.embed_patches(patch, start), position)
-        first = self.local_pad.expand(patch.shape[0], 1, -1) + from_global[:, None, 0]
-        return from_global, self.local_step(first, torch.zeros_like(position))
+        from_global = self.global_step(self.embed_patches(patch, start), position, state.global_cache)
+        first = self.local_pad + from_global[:, :1]
+        return from_global, self.local_step(first, self.byte_positions[:1], state.local_cache)
 
-    def next_in_patch(self, byte: torch.Tensor, from_global: torch.Tensor, inside: int) -> torch.Tensor:
+    def next_in_patch(self, byte: torch.Tensor, from_global: torch.Tensor, inside: int, cache: KVCache):
         """The byte (B,) before position `inside` of the patch -> the logits of the byte there."""
-        local_in = self.local_embed(byte.long())[:, None] + from_global[:, None, inside]
-        return self.local_step(local_in, torch.tensor([inside], device=byte.device))
+        local_in = self.local_embed(byte.long())[:, None] + from_global[:, inside : inside + 1]
+        return self.local_step(local_in, self.byte_positions[inside : inside + 1], cache)
 
-    def prefill(self, x: torch.Tensor) -> torch.Tensor:
-        """Runs a prompt (B, n), n < context, through both caches; returns logits of byte n."""
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, MegaByteState]:
+        """Runs a prompt (B, n), n < context, through fresh caches -> (logits of byte n, state)."""
         b, n = x.shape
-        p = self.patch_size
+        p, device, dtype = self.patch_size, x.device, self.head.weight.dtype
         full = n // p * p
+        global_cache = self.global_model.empty_cache(b, self.context // p, dtype, device)
+        local_cache = self.local_model.empty_cache(b, p, dtype, device)
         global_in = torch.cat([self.global_pad.expand(b, 1, -1), self.embed_patches(x[:, :full])], 1)
-        self._from_global = self.global_step(global_in, torch.arange(full // p + 1, device=x.device))
-        self._patch = torch.zeros(b, p, dtype=torch.long, device=x.device)
-        self._patch[:, : n - full] = x[:, full:]
-        self._length = n
+        from_global = self.global_step(global_in, torch.arange(full // p + 1, device=device), global_cache)
+        patch = torch.zeros(b, p, dtype=torch.long, device=device)
+        patch[:, : n - full] = x[:, full:]
         local_in = torch.cat([self.local_pad.expand(b, 1, -1), self.local_embed(x[:, full:].long())], 1)
-        local_in = local_in + self._from_global[:, : n - full + 1]
-        return self.local_step(local_in, torch.arange(n - full + 1, device=x.device))
+        logits = self.local_step(local_in + from_global[:, : n - full + 1], self.byte_positions[: n - full + 1],
+                                 local_cache)
+        return logits, MegaByteState(global_cache, local_cache, from_global, patch, torch.tensor(n, device=device))
 
-    def decode_one(self, byte: torch.Tensor) -> torch.Tensor:
-        """Appends one byte (B,) to the cached sequence; returns the logits of the byte after it."""
+    def decode_one(self, byte: torch.Tensor, state: MegaByteState) -> tuple[torch.Tensor, MegaByteState]:
+        """Appends one byte (B,) -> (logits of the byte after it, state)."""
         p = self.patch_size
-        inside = self._length % p
-        self._patch[:, inside] = byte
-        self._length += 1
+        inside = int(state.length) % p
+        state.patch[:, inside] = byte
+        length = state.length + 1
         if inside == p - 1:  # the patch is complete: one global step opens the next patch
-            position = torch.tensor([self._length // p], device=byte.device)
-            self._from_global, logits = self.open_patch(self._patch, position)
-            return logits
-        return self.next_in_patch(byte, self._from_global, inside + 1)
+            from_global, logits = self.open_patch(state.patch, (length // p).reshape(1), state)
+            return logits, state._replace(from_global=from_global, length=length)
+        return self.next_in_patch(byte, state.from_global, inside + 1, state.local_cache), state._replace(length=length)
 
-    def decode_patch(self, logits: torch.Tensor, uniform: torch.Tensor, knobs: torch.Tensor):
-        """Samples the whole patch that starts here, at a patch boundary (see `patch_step`).
-        `uniform` (B, P, 256) is its randomness. Returns the patch (B, P) and the next logits."""
-        if self._length % self.patch_size:
-            raise ValueError("decode_patch starts at a patch boundary; finish the patch with decode_one.")
-        position = torch.tensor([self._length // self.patch_size + 1], device=logits.device)
-        patch, self._from_global, logits = self.decode_patch_step(
-            logits, self._from_global, position, uniform, knobs)
-        self._length += self.patch_size
-        return patch, logits
-
-    def patch_step(self, logits, from_global, position, uniform, knobs):
-        """The hot step of generation, a function of tensors only (compile_decoding compiles it):
-        P local steps, each sampling a byte, then one global step over the finished patch.
-        Python runs once per patch instead of once per byte."""
+    def patch_step(self, logits: torch.Tensor, state: MegaByteState, uniform: torch.Tensor, knobs: torch.Tensor):
+        """The hot step of generation, at a patch boundary, a function of tensors only
+        (compile_decoding compiles it): P local steps, each sampling a byte with its noise
+        `uniform` (B, P, 256), then one global step over the finished patch. Python runs
+        once per patch instead of once per byte. -> (patch (B, P), next logits, state)."""
         chosen = []
         for inside in range(self.patch_size):
             chosen.append(sample(logits, knobs, uniform[:, inside]))
             if inside + 1 < self.patch_size:
-                logits = self.next_in_patch(chosen[-1], from_global, inside + 1)
+                logits = self.next_in_patch(chosen[-1], state.from_global, inside + 1, state.local_cache)
         patch = torch.stack(chosen, 1)
-        from_global, logits = self.open_patch(patch, position)
-        return patch, from_global, logits
+        length = state.length + self.patch_size
+        from_global, logits = self.open_patch(patch, (length // self.patch_size).reshape(1), state)
+        return patch, logits, state._replace(from_global=from_global, length=length)
 
 
 class FlatTransformer(nn.Module):
@@ -170,7 +180,6 @@ class FlatTransformer(nn.Module):
         self.head = nn.Linear(config.dim, 256)
         init_weights(self)
         nn.init.normal_(self.start, std=0.02)
-        self.decode_patch_step = self.patch_step  # compile_decoding swaps in a compiled one
 
     def embed(self, x: torch.Tensor, start: int | torch.Tensor, with_start: bool) -> torch.Tensor:
         """Input embeddings at positions start..: the start token first if asked, then bytes."""
@@ -185,55 +194,44 @@ class FlatTransformer(nn.Module):
             raise ValueError(f"input length {x.shape[1]} is longer than the context {self.context}.")
         return self.head(self.transformer(self.embed(x[:, :-1], 0, with_start=True))[:, predict_from:])
 
-    def setup_cache(self, batch: int, dtype=torch.float32):
-        self.transformer.setup_cache(batch, self.context, dtype)
+    def step(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        return self.head(self.transformer(h, cache, positions)[:, -1])
 
-    def clear_cache(self):
-        self.transformer.clear_cache()
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, FlatState]:
+        b, n = x.shape
+        cache = self.transformer.empty_cache(b, self.context, self.head.weight.dtype, x.device)
+        logits = self.step(self.embed(x, 0, with_start=True), torch.arange(n + 1, device=x.device), cache)
+        return logits, FlatState(cache, torch.tensor(n, device=x.device))
 
-    def step(self, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.head(self.transformer(h, positions)[:, -1])
+    def decode_one(self, byte: torch.Tensor, state: FlatState) -> tuple[torch.Tensor, FlatState]:
+        """One byte (B,) -> (the logits of the byte after it, state); a function of tensors only."""
+        length = state.length + 1
+        position = length.reshape(1)  # the start token sits at 0
+        logits = self.step(self.embed(byte[:, None], position, with_start=False), position, state.cache)
+        return logits, state._replace(length=length)
 
-    def prefill(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[1]
-        self._length = n
-        return self.step(self.embed(x, 0, with_start=True), torch.arange(n + 1, device=x.device))
-
-    def feed(self, byte: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """One byte (B,) at cache `position` -> the logits of the byte after it."""
-        return self.step(self.embed(byte[:, None], position, with_start=False), position)
-
-    def decode_one(self, byte: torch.Tensor) -> torch.Tensor:
-        self._length += 1
-        return self.feed(byte, torch.tensor([self._length], device=byte.device))
-
-    def decode_patch(self, logits: torch.Tensor, uniform: torch.Tensor, knobs: torch.Tensor):
-        """Samples one byte (a patch of this model) and steps past it; as MegaByte.decode_patch."""
-        position = torch.tensor([self._length + 1], device=logits.device)
-        byte, logits = self.decode_patch_step(logits, position, uniform, knobs)
-        self._length += 1
-        return byte, logits
-
-    def patch_step(self, logits, position, uniform, knobs):
+    def patch_step(self, logits: torch.Tensor, state: FlatState, uniform: torch.Tensor, knobs: torch.Tensor):
+        """Samples one byte (a patch of this model) and steps past it; as MegaByte.patch_step."""
         byte = sample(logits, knobs, uniform[:, 0])
-        return byte[:, None], self.feed(byte, position)
+        logits, state = self.decode_one(byte, state)
+        return byte[:, None], logits, state
 
 
-def compile_decoding(model: nn.Module) -> nn.Module:
-    """Compiles the hot step of generation, `patch_step`, with torch.compile.
+def compile_decoding(model: nn.Module):
+    """The hot step of generation, `model.patch_step`, compiled with torch.compile; pass it
+    to `generate_stream(..., patch_step=...)`. It holds no state, so requests share it.
 
     The prompt's prefill and the byte steps that finish a partial patch stay eager, so
-    prompts of any length do not recompile. The first generation at each batch size pays
-    the compile time (one to two minutes on a 2-core CPU).
+    prompts of any length do not recompile. Each batch size compiles once (one to two
+    minutes on a 2-core CPU, seconds from a warm inductor cache) on its first call.
 
     Two options cut the per-call cost, which dominates decoding at small batches: a C++
     wrapper around the kernels instead of a Python one, and no guards on the model's own
     parameters and buffers (about 0.6 ms per call here). The second is safe because the
-    compiled step belongs to this model, whose weights are never swapped in place, and the
-    cache shapes follow the batch size of `logits`, which is still guarded."""
+    weights are inputs of the graph, read from the model at each call and never swapped in
+    place; the state's shapes and dtypes are still guarded."""
     options = {"cpp_wrapper": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-    model.decode_patch_step = torch.compile(model.patch_step, dynamic=False, options=options)
-    return model
+    return torch.compile(model.patch_step, dynamic=False, options=options)
 
 
 def build_model(config: MegaByteConfig | FlatConfig) -> nn.Module:

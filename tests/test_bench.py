@@ -167,9 +167,9 @@ def test_without_a_byte_limit_the_asked_number_of_images_is_used(tiny_checkpoint
     assert "5 of the 8 32x32 images" in out.read_text()
 
 
-def test_speed_quick_run_writes_every_table(tmp_path):
+def test_speed_quick_run_writes_every_table_and_the_json_summary(tmp_path, capsys):
     out = tmp_path / "speed.md"
-    speed.main(["--quick", "--no-compile", "--out", str(out)])
+    speed.main(["--quick", "--no-compile", "--json", "--out", str(out)])
     markdown = out.read_text()
     for heading in ("Matmul ceiling", "Training", "Generation", "Scoring"):
         assert f"## {heading}" in markdown
@@ -178,10 +178,23 @@ def test_speed_quick_run_writes_every_table(tmp_path):
     names = [row.split(" | ")[0].lstrip("| ") for row in rows]
     assert names[:4] == ["MegaByte, KV caches in both models", "flat transformer, KV cache",
                          "MegaByte, whole sequence recomputed every byte",
-                         "MegaByte's Linear calls alone (eager), nothing else"]
+                         "MegaByte's Linear calls alone (eager, fp32), nothing else"]
     assert names[4].startswith("ceiling: weight reads at")
     for row in rows:  # every cell a positive number of bytes/s
         assert all(float(cell.replace(",", "")) > 0 for cell in row.strip("| ").split(" | ")[1:])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "cores" in summary["machine"] and summary["train_precision"] in ("fp32", "bf16")
+    for key in ("eager_batch1", "flat_batch1", "ceiling_batch1", "ceiling_batch8", "train_bytes_per_s",
+                "score_1mb_seconds", "score_1mb_seconds_before"):
+        assert summary[key] > 0, key
+    scoring = markdown.split("## Scoring")[1]
+    assert scoring.count("| before, fp32, 4 windows |") == 2 and scoring.count("| fast, ") == 2
+
+
+def test_matmul_ceiling_is_the_best_size(monkeypatch):
+    rates = {256: 80.0, 512: 200.0, 1024: 150.0}
+    monkeypatch.setattr(speed, "matmul_gflops", lambda dtype, n, seconds: rates[n])
+    assert speed.matmul_ceiling(torch.bfloat16, tuple(rates)) == 200.0
 
 
 def test_decoding_ceiling_is_set_by_memory_at_batch_1_and_by_compute_when_memory_is_free():
@@ -190,6 +203,8 @@ def test_decoding_ceiling_is_set_by_memory_at_batch_1_and_by_compute_when_memory
     assert weights == 4 * 12 * 256**2 + 32 * 128 + 8 * (2 * 12 * 128**2 + 128 * 256)  # P=8
     assert speed.decoding_ceiling(model, 1, 40e9, float("inf")) == pytest.approx(8 * 40e9 / (4 * weights))
     assert speed.decoding_ceiling(model, 8, float("inf"), 100e9) == pytest.approx(8 * 8 * 100e9 / (2 * 8 * weights))
+    # bf16 weights are half the bytes to read
+    assert speed.decoding_ceiling(model, 1, 40e9, float("inf"), 2) == pytest.approx(8 * 40e9 / (2 * weights))
 
 
 def test_continuation_bench_reports_model_ceiling_and_floor(tiny_checkpoints, tmp_path):

@@ -1,5 +1,7 @@
+import itertools
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -50,11 +52,11 @@ def test_cached_decoding_matches_full_forward(config, prompt_len):
     x = torch.randint(0, 256, (3, 48))
     with torch.no_grad():
         full = model(x)
-        model.setup_cache(3)
-        got = [model.prefill(x[:, :prompt_len])]
+        logits, state = model.prefill(x[:, :prompt_len])
+        got = [logits]
         for t in range(prompt_len, 47):
-            got.append(model.decode_one(x[:, t]))
-        model.clear_cache()
+            logits, state = model.decode_one(x[:, t], state)
+            got.append(logits)
     cached = torch.stack(got, 1)
     assert (cached - full[:, prompt_len:]).abs().max() <= 1e-4
 
@@ -142,6 +144,29 @@ def test_same_seed_same_bytes_and_streaming_agrees():
     assert a == b and a != c and all(len(s) == 40 for s in a)
     streamed = np.concatenate(list(generate_stream(model, b"abc", 40, 3, sampling, seed=7)), 1)
     assert [row.tobytes() for row in streamed] == a
+
+
+@pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
+def test_one_model_serves_two_generations_at_once(config):
+    """The decoding state belongs to the request: two streams on one model, interleaved
+    step by step or in two threads, give the bytes each gives alone."""
+    model = tiny(config)
+    requests = [(b"first prompt", 70, 1, 3), (b"xy", 90, 2, 4)]  # both pass the context of 64
+    alone = [generate(model, prompt, n, samples, seed=seed) for prompt, n, samples, seed in requests]
+
+    def collect(parts):
+        return [row.tobytes() for row in np.concatenate(list(parts), 1)]
+
+    streams = [generate_stream(model, prompt, n, samples, seed=seed) for prompt, n, samples, seed in requests]
+    interleaved = [[], []]
+    for first, second in itertools.zip_longest(*streams):  # one step of each in turn
+        for parts, part in zip(interleaved, (first, second)):
+            if part is not None:
+                parts.append(part)
+    assert [collect(parts) for parts in interleaved] == alone
+    with ThreadPoolExecutor(2) as pool:
+        threaded = pool.map(lambda r: collect(generate_stream(model, r[0], r[1], r[2], seed=r[3])), requests)
+        assert list(threaded) == alone
 
 
 @pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
@@ -248,8 +273,13 @@ def test_configs_round_trip_through_json():
 def test_compiled_decoding_gives_the_same_bytes(config):
     from model import compile_decoding
 
-    compiled = compile_decoding(tiny(config))
+    model, other = tiny(config), tiny(config, seed=1)  # same shapes, other weights
+    step, other_step = compile_decoding(model), compile_decoding(other)
     # the second setting reuses the compiled step: the settings are a tensor, not constants
     for sampling in (Sampling(temperature=0.8, top_k=20), Sampling(temperature=0)):
-        eager = generate(tiny(config), b"compile me", 40, samples=2, sampling=sampling, seed=5)
-        assert generate(compiled, b"compile me", 40, samples=2, sampling=sampling, seed=5) == eager
+        eager = generate(model, b"compile me", 40, samples=2, sampling=sampling, seed=5)
+        assert generate(model, b"compile me", 40, samples=2, sampling=sampling, seed=5, patch_step=step) == eager
+    # each compiled step reads its own model's weights, though the two share the compiled code
+    greedy = Sampling(temperature=0)
+    assert (generate(other, b"compile me", 40, 2, greedy, patch_step=other_step)
+            == generate(other, b"compile me", 40, 2, greedy))
