@@ -1,12 +1,13 @@
 """The command line: how surprised a model is by a file, and what it makes of a prompt.
 
     python -m app.cli score assets/text/genesis.txt --modality text
-    python -m app.cli score assets/images/astronaut.png --modality image --json
+    python -m app.cli score assets/images/astronaut.png assets/images/coffee.png --modality image --json
     python -m app.cli generate text --prompt "In the beginning" --bytes 200
     python -m app.cli generate image assets/images/coffee.png --rows 16 --samples 4
     python -m app.cli generate audio assets/audio/ambi_piano.flac --prompt-seconds 1 --seconds 2
 
-Every mistake a user can make ends in one line on stderr, "error: ...", and a non-zero exit.
+Every mistake a user can make ends in one line on stderr, "error: ...", and a non-zero exit;
+a mistake in the arguments also prints the usage line above it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import adapters
-from app import service
+from app import limits, service
 from app.service import UserError
 
 SPOTS = 3  # how many of the most surprising places the summary names
@@ -35,6 +36,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, reporting a mistake in one line like every other error here."""
 
     def error(self, message):
+        self.print_usage(sys.stderr)
         fail(message, status=2)
 
 
@@ -50,13 +52,6 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def seed_number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**63:  # what torch's generator takes
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63-1, not {text}")
-    return value
-
-
 def progress_bar(total: int, what: str) -> tqdm:
     """A bar on stderr that shows only once the work has taken a second, so quick runs stay quiet."""
     return tqdm(total=total, desc=what, unit="B", unit_scale=True, file=sys.stderr, delay=1)
@@ -66,16 +61,25 @@ def progress_bar(total: int, what: str) -> tqdm:
 
 
 def score(args):
+    """Scores each file in turn with one model, loaded once."""
     folder = checkpoint_folder(args, args.modality)
     model, layout = service.load_for(args.modality, folder)
-    data = service.encode_file(args.file, layout)
-    with progress_bar(len(data), "scoring") as bar:
+    for file in args.files:
+        score_file(file, model, layout, folder, args)
+
+
+def score_file(file: Path, model, layout, folder: Path, args):
+    data = service.encode_file(file, layout)
+    if len(data) > args.max_bytes:
+        raise UserError(f"{file} is {len(data):,} bytes as {args.modality}, over the limit of {args.max_bytes:,}; "
+                        f"pass --max-bytes {len(data)} to score it all (a progress bar shows the time left).")
+    with progress_bar(len(data), f"scoring {file.name}") as bar:
         result = service.score_bytes(model, data, progress=lambda done, _total: bar.update(done - bar.n),
                                      adapt=args.adapt)
     compressors = result.compressor_bits_per_byte()
     if args.json:
         report = {
-            "file": str(args.file),
+            "file": str(file),
             "modality": args.modality,
             "checkpoint": str(folder),
             "bytes": len(data),
@@ -89,9 +93,9 @@ def score(args):
             surprisal = result.scores.surprisal.astype(np.float64)  # float32 would print as 7.8470001220703125
             report["surprisal"] = np.round(surprisal, 3).tolist()
             report["patch_surprisal"] = np.round(patch_means(surprisal, model.patch_size), 3).tolist()
-        print(json.dumps(report))
+        print(json.dumps(report), flush=True)
         return
-    print(f"{args.file}: {len(data):,} bytes as {args.modality}, scored by {folder} in {result.seconds:.1f} s")
+    print(f"{file}: {len(data):,} bytes as {args.modality}, scored by {folder} in {result.seconds:.1f} s")
     for name, bits in {"model": result.bits_per_byte, **compressors}.items():
         print(f"  {name:<8} {bits:6.3f} bits per byte")
     print("most surprising:")
@@ -129,6 +133,8 @@ def surprising_spots(data: bytes, surprisal: np.ndarray, layout, patch_size: int
 
 
 def generate_text(args):
+    if args.out:
+        check_writable(args.out, args.samples)
     model, layout = load_checkpoint(args, "text")
     if args.prompt_file:
         prompt = service.encode_file(args.prompt_file, layout)
@@ -145,11 +151,10 @@ def generate_text(args):
 
 
 def generate_image(args):
+    check_writable(args.out, args.samples)
     model, layout = load_checkpoint(args, "image")
-    size, side = layout.image_size, layout.block_side
-    rows = size // 2 if args.rows is None else args.rows
-    if not 0 <= rows <= size - side:  # in patch-scan order rows round up to whole blocks
-        raise UserError(f"--rows must be between 0 and {size - side} for this {size}x{size} model, not {rows}.")
+    size = layout.image_size
+    rows = limits.rows(size, layout.block_side).check(size // 2 if args.rows is None else args.rows)
     pixels = service.encode_file(args.file, layout)
     prompt = pixels[: adapters.image.prefix_bytes(rows, layout)]
     images = continue_prompt(model, prompt, layout.bytes_per_image - len(prompt), args)
@@ -157,6 +162,7 @@ def generate_image(args):
 
 
 def generate_audio(args):
+    check_writable(args.out, args.samples)
     model, layout = load_checkpoint(args, "audio")
     prompt = service.encode_file(args.file, layout, max_audio_seconds=args.prompt_seconds)
     new_bytes = adapters.audio.seconds_to_bytes(args.seconds, layout)
@@ -193,13 +199,28 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def save_all(out: Path, contents: list[bytes]):
+def output_paths(out: Path, samples: int) -> list[Path]:
     """One sample goes to `out`; several go to out_1, out_2, ... beside it."""
-    if len(contents) == 1:
-        save(out, contents[0])
-        return
-    for number, content in enumerate(contents, 1):
-        save(out.with_name(f"{out.stem}_{number}{out.suffix}"), content)
+    if samples == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{number}{out.suffix}") for number in range(1, samples + 1)]
+
+
+def check_writable(out: Path, samples: int):
+    """Refuses an output that cannot be written before any work is done, not after it."""
+    for path in output_paths(out, samples):
+        folder = path.parent
+        if path.is_dir():
+            raise UserError(f"Cannot write {path}: it is a folder.")
+        if not folder.is_dir():
+            raise UserError(f"Cannot write {path}: there is no folder {folder}.")
+        if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise UserError(f"Cannot write {path}: permission denied.")
+
+
+def save_all(out: Path, contents: list[bytes]):
+    for path, content in zip(output_paths(out, len(contents)), contents):
+        save(path, content)
 
 
 def save(path: Path, content: bytes):
@@ -306,12 +327,17 @@ def build_parser() -> Parser:
 
     score_parser = commands.add_parser(
         "score", parents=[checkpoint], help="how surprised the model is by every byte of a file",
-        description="Per-byte surprisal of FILE as the modality's adapter encodes it: text and bytes as the "
-                    "file's raw bytes, an image as its RGB pixels at the checkpoint's size, audio as 8-bit "
-                    "µ-law at the checkpoint's rate. Compared with gzip -9 and xz -9e on the same bytes.")
-    score_parser.add_argument("file", type=Path, metavar="FILE")
+        description="Per-byte surprisal of each FILE as the modality's adapter encodes it: text and bytes as "
+                    "the file's raw bytes, an image as its RGB pixels at the checkpoint's size, audio as 8-bit "
+                    "µ-law at the checkpoint's rate. Compared with gzip -9 and xz -9e on the same bytes. "
+                    "The model loads once for all the files.")
+    score_parser.add_argument("files", type=Path, nargs="+", metavar="FILE")
     score_parser.add_argument("--modality", required=True, choices=service.MODALITIES)
-    score_parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    score_parser.add_argument("--json", action="store_true",
+                              help="print one JSON object per file, one a line, instead of a summary")
+    score_parser.add_argument("--max-bytes", type=int, default=limits.MAX_CLI_SCORE_BYTES, metavar="N",
+                              help="refuse a file that encodes to more bytes than this (default: %(default)s, "
+                                   "about five minutes on 2 CPU cores)")
     score_parser.add_argument("--per-byte", action="store_true",
                               help="with --json, add the surprisal of every byte and the mean of every patch, in bits")
     score_parser.add_argument("--adapt", action="store_true",
@@ -319,15 +345,17 @@ def build_parser() -> Parser:
     score_parser.set_defaults(run=score)
 
     sampling = Parser(add_help=False, parents=[checkpoint])
-    sampling.add_argument("--seed", type=seed_number, default=0, help="the same seed gives the same output (default: 0)")
-    sampling.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                          help="0 picks the likeliest byte, higher is wilder, at most 10 (default: 1)")
-    sampling.add_argument("--top-k", type=int, default=0, metavar="K",
-                          help="draw among the K likeliest bytes; 0 keeps all (default: 0)")
+    sampling.add_argument("--seed", type=limits.SEED.argument, default=0,
+                          help=f"the same seed gives the same output, 0 to {limits.MAX_SEED:,} (default: 0)")
+    sampling.add_argument("--temperature", type=limits.TEMPERATURE.argument, default=1.0, metavar="T",
+                          help=f"0 picks the likeliest byte, higher is wilder, at most {limits.MAX_TEMPERATURE:g} "
+                               "(default: 1)")
+    sampling.add_argument("--top-k", type=limits.TOP_K.argument, default=0, metavar="K",
+                          help="draw among the K likeliest bytes, up to 256; 0 keeps all (default: 0)")
     sampling.add_argument("--top-p", type=float, default=1.0, metavar="P",
                           help="draw among the likeliest bytes that together make up probability P (default: 1, all)")
-    sampling.add_argument("--samples", type=int, default=1, metavar="N",
-                          help="how many outputs, 1 to 8 (default: 1); several are written to OUT_1, OUT_2, ... "
+    sampling.add_argument("--samples", type=limits.SAMPLES.argument, default=1, metavar="N",
+                          help=f"how many outputs, 1 to {limits.MAX_SAMPLES} (default: 1); several are written to OUT_1, OUT_2, ... "
                                "beside OUT (printed text comes one after another)")
     sampling.add_argument("--compile", action="store_true",
                           help="compile the decoding step first: about 3x faster on long outputs, but each new "
@@ -352,7 +380,8 @@ def build_parser() -> Parser:
                                          "model paint the rest; writes a PNG of the checkpoint's size.")
     image.add_argument("file", type=Path, metavar="FILE")
     image.add_argument("--rows", type=int, metavar="K",
-                       help="pixel rows to keep (default: half); in patch-scan order they round up to whole blocks")
+                       help="pixel rows to keep, at least 1 (default: half); in patch-scan order they round up "
+                            "to whole blocks")
     image.add_argument("--out", type=Path, default=Path("completion.png"), help="PNG to write (default: completion.png)")
     image.set_defaults(run=generate_image)
 

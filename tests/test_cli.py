@@ -156,6 +156,38 @@ def test_a_real_process_reports_bad_input_in_one_line(tmp_path):
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
 
 
+def test_a_wrong_argument_shows_the_usage_line(tmp_path):
+    done = run_cli("score", tmp_path / "a.txt", "--modality", "video")
+    assert done.returncode == 2 and done.stderr.startswith("usage: python -m app.cli score")
+    assert done.stderr.splitlines()[-1].startswith("error: argument --modality: invalid choice: 'video'")
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path):
+    # The checkpoint folder does not exist either: refusing --out first means nothing was loaded or made.
+    done = run_cli("generate", "image", ASSETS / "images/astronaut.png", "--out", tmp_path / "missing/x.png",
+                   "--checkpoint", tmp_path / "no-checkpoint")
+    assert done.returncode == 1
+    assert done.stderr == f"error: Cannot write {tmp_path / 'missing/x.png'}: there is no folder {tmp_path / 'missing'}.\n"
+
+
+def test_score_several_files_prints_one_json_line_each(tiny_checkpoints):
+    files = [ASSETS / "images/astronaut.png", ASSETS / "images/coffee.png"]
+    lines = succeeds("score", *files, "--modality", "image", "--checkpoint", tiny_checkpoints / "image",
+                     "--json").splitlines()
+    reports = [json.loads(line) for line in lines]
+    assert [report["file"] for report in reports] == [str(f) for f in files]
+    assert all(report["bytes"] == 32 * 32 * 3 and report["bits_per_byte"] > 0 for report in reports)
+
+
+def test_score_loads_the_model_once_for_all_files(tiny_checkpoints, monkeypatch, capsys):
+    loads = []
+    load_for = cli.service.load_for
+    monkeypatch.setattr(cli.service, "load_for", lambda *args: loads.append(args) or load_for(*args))
+    cli.main(["score", str(ASSETS / "text/genesis.txt"), str(ASSETS / "text/sonnets.txt"), "--modality", "text",
+              "--checkpoint", str(tiny_checkpoints / "text"), "--json"])
+    assert len(loads) == 1 and len(capsys.readouterr().out.splitlines()) == 2
+
+
 def bad_inputs(assets, folder, tmp):
     """(arguments, a word the message must contain) for the mistakes a user is likely to make."""
     (tmp / "empty.txt").write_bytes(b"")
@@ -171,13 +203,17 @@ def bad_inputs(assets, folder, tmp):
         (["score", astronaut, "--modality", "image", *text_model], "trained on text"),
         (["score", astronaut, "--modality", "image", "--checkpoint", tmp], "checkpoint"),
         (["score", astronaut, "--modality", "video", *image_model], "modality"),
-        (["generate", "text", "--prompt", "x", "--samples", 0, *text_model], "samples"),
-        (["generate", "text", "--prompt", "x", "--temperature", -1, *text_model], "emperature"),
+        (["score", assets / "text/genesis.txt", "--modality", "text", "--max-bytes", 100, *text_model],
+         "over the limit of 100; pass --max-bytes"),
+        (["generate", "text", "--prompt", "x", "--samples", 0, *text_model], "Samples: at least 1."),
+        (["generate", "text", "--prompt", "x", "--samples", 9, *text_model], "Samples: at most 8."),
+        (["generate", "text", "--prompt", "x", "--temperature", -1, *text_model], "Temperature: at least 0."),
         (["generate", "text", "--prompt", "x", "--top-p", 0, *text_model], "op_p"),
         (["generate", "text", "--prompt", "x", "--bytes", 0, *text_model], "byte"),
-        (["generate", "text", "--prompt", "x", "--seed", 2**64, *text_model], "seed"),
-        (["generate", "image", astronaut, "--rows", 32, *image_model], "rows"),
-        (["generate", "image", astronaut, "--rows", -1, *image_model], "rows"),
+        (["generate", "text", "--prompt", "x", "--seed", 2**64, *text_model], "Seed: at most 2,147,483,647."),
+        (["generate", "text", "--prompt", "x", "--seed", "abc", *text_model], "Seed: a whole number from 0"),
+        (["generate", "image", astronaut, "--rows", 32, *image_model], "Top rows to keep: at most 31."),
+        (["generate", "image", astronaut, "--rows", 0, *image_model], "Top rows to keep: at least 1."),
         (["generate", "audio", choir, "--seconds", -1, *audio_model], "seconds"),
         (["generate", "audio", choir, "--seconds", 0.01, "--out", tmp / "no/such/dir.wav", *audio_model], "write"),
     ]
@@ -187,7 +223,10 @@ def test_bad_input_gives_one_sentence_and_a_nonzero_exit(tiny_checkpoints, tmp_p
     for args, word in bad_inputs(ASSETS, tiny_checkpoints, tmp_path):
         with pytest.raises(SystemExit) as stopped:
             cli.main([str(a) for a in args])
-        stderr = capsys.readouterr().err
+        *usage, error = capsys.readouterr().err.splitlines()
         assert stopped.value.code != 0, args
-        assert stderr.startswith("error: ") and stderr.count("\n") == 1, (args, stderr)
-        assert word in stderr, (args, stderr)
+        assert error.startswith("error: ") and word in error, (args, error)
+        if stopped.value.code == 2:  # a mistake in the arguments: the usage line comes first
+            assert usage[0].startswith("usage: python -m app.cli"), (args, usage)
+        else:
+            assert not usage, (args, usage)
