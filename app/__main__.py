@@ -1,6 +1,7 @@
 """python -m app: serve the MegaByte studio in the browser."""
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def main(argv=None) -> int:
 
     from app import service, ui  # imported here so that --help does not wait for Gradio and torch
 
-    demo = ui.build(args.checkpoints or service.CHECKPOINTS)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # one line per refusal
+
+    demo = ui.build(args.checkpoints or service.CHECKPOINTS, compile_decoding=True)
     try:
         url = ui.launch(demo, args.host, args.port, args.threads)
     except OSError:

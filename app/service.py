@@ -42,11 +42,18 @@ class UserError(ValueError):
     """Something the user asked for that cannot be done; the message is one sentence."""
 
 
-def default_checkpoint(modality: str) -> Path:
-    """The shipped checkpoint for a modality (raw bytes are scored by the text model)."""
+# The checkpoint each modality opens on when it is there; else the first that fits, by name.
+PREFERRED = {"text": "text", "bytes": "text", "image": "emoji", "audio": "melody"}
+
+
+def default_checkpoint(modality: str, root: str | Path = CHECKPOINTS) -> Path:
+    """The checkpoint a modality uses unless told otherwise (raw bytes are scored by the text model)."""
     if modality not in MODALITIES:
         raise UserError(f"Unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}.")
-    return CHECKPOINTS / ("text" if modality == "bytes" else modality)
+    found = adapters.checkpoints.catalog(root, modality)
+    preferred = [folder for folder in found if folder.name == PREFERRED[modality]]
+    # With none there, the usual folder name, so that loading says what is missing.
+    return (preferred or found or [Path(root) / ("text" if modality == "bytes" else modality)])[0]
 
 
 def device() -> torch.device:

@@ -6,11 +6,12 @@ does both, and so do the tests (on tiny checkpoints).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import logging
 import mimetypes
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -25,25 +26,26 @@ import torch
 from PIL import Image
 
 import adapters
-from adapters import AdapterError
-from app import service, views
+from adapters import AdapterError, Layout
+from app import limits, service, views
+from app.limits import MAX_AUDIO_SECONDS, MAX_SCORE_BYTES, MAX_UPLOAD_MB
 from app.service import UserError
 from model import CheckpointError, read_config
 
 ASSETS = service.ROOT / "assets"
-
-# Caps, each named in the interface. Speeds measured on 2 shared CPU cores with one torch thread.
-MAX_UPLOAD_MB = 5
-MAX_SCORE_BYTES = 20_000  # text or raw bytes in the explorer: ~3 s to score (~7 KB/s), ~2 MB of coloured HTML
-MAX_AUDIO_SECONDS = 5.0  # of a clip, scored as a prompt or in the explorer (40,000 bytes at 8 kHz)
-MAX_CONTINUE_SECONDS = 4.0  # generation makes ~300-1,000 bytes a second: 4 s of 8 kHz audio is 30-100 s
-MAX_SAMPLES = 8
+# Demo files: assets/<checkpoint name>/ when it holds files of the modality's kind (assets/emoji/*.png,
+# assets/melody/*.flac), else the modality's general folder.
+EXAMPLES = {"image": ("images", "*.png"), "audio": ("audio", "*.flac"), "text": ("text", "*.txt")}
 CONCURRENT_REQUESTS = 2  # model requests served at once; more wait in the queue
 MAX_QUEUE = 20
 SHOWN_IMAGE_SIDE = 256  # model-resolution images are enlarged to about this many pixels
 DEFAULT_IMAGE_SIZE = 32  # the rows slider's scale when no image checkpoint is there yet
 EXPLORER_KINDS = ("auto", "text", "image", "audio", "bytes")
+AUTO_CHECKPOINT = "auto"
 PROGRESS_EVERY_SECONDS = 0.25
+TAIL_SECONDS = 1.0  # the continuation is measured against this much of the prompt's end
+
+log = logging.getLogger("app")
 
 # System fonts only: the default theme would fetch its fonts from Google.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -59,13 +61,28 @@ def image_path_input(**options) -> gr.Image:
     return image
 
 
+def checked_by_handler(component):
+    """Hands the handler the raw value. Gradio's own check would answer a bad API value with its
+    generic text and a traceback in the log; the handler checks it and names the control."""
+    component.preprocess = lambda payload: payload
+    return component
+
+
 @contextlib.contextmanager
-def shown_in_page():
-    """Turns a UserError (one sentence meant for the user) into gr.Error, which the page shows."""
+def shown_in_page(endpoint: str):
+    """Turns a UserError (one sentence meant for the user) into gr.Error, which the page shows,
+    and logs one line for the refused request instead of a traceback."""
     try:
         yield
     except (UserError, AdapterError) as e:
+        log.warning("refused %s: %s", endpoint, e)
         raise gr.Error(str(e), print_exception=False) from None
+
+
+def sampling_settings(temperature, top_k, seed):
+    """The sampling knobs, each checked against its control's range, and the seed."""
+    how = service.sampling(limits.TEMPERATURE.check(temperature), limits.TOP_K.check(top_k))
+    return how, limits.SEED.check(seed)
 
 
 def required(path, what: str) -> str:
@@ -124,95 +141,213 @@ def detect_kind(name: str, data: bytes) -> str:
         return "bytes"
 
 
+def example_files(checkpoint: str, modality: str) -> list[str]:
+    general, pattern = EXAMPLES[modality]
+    own = sorted((ASSETS / checkpoint).glob(pattern))
+    return [str(path) for path in own or sorted((ASSETS / general).glob(pattern))]
+
+
+def picture_html(img: Image.Image) -> str:
+    """An image inline in the page, enlarged with sharp pixels."""
+    buffer = io.BytesIO()
+    enlarge(img).save(buffer, "PNG")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return (f'<img class="scored-image" alt="the image as the model read it" src="data:image/png;base64,{data}" '
+            'style="image-rendering:pixelated">')
+
+
+def how_encoded(original: bytes, kind: str, layout: Layout, encoded: int) -> str:
+    """One line on how a file became the bytes the model scored (empty for text and raw bytes)."""
+    if kind == "image":
+        img = Image.open(io.BytesIO(original))
+        size, order = layout.image_size, ("row by row" if layout.block_side == 1
+                                          else f"in {layout.block_side}×{layout.block_side} blocks")
+        return (f"The {img.format or 'image'} file ({len(original):,} bytes, {img.width}×{img.height}) became "
+                f"{encoded:,} bytes: its centred square, resized to {size}×{size} pixels, read {order}, "
+                "3 bytes (R, G, B) a pixel.")
+    if kind == "audio":
+        info = sf.info(io.BytesIO(original))
+        kept = f"its first {MAX_AUDIO_SECONDS:g} s" if info.duration > MAX_AUDIO_SECONDS else "all of it"
+        return (f"The {info.format} file ({len(original):,} bytes, {info.samplerate:,} Hz, {info.channels} "
+                f"channel{'s' if info.channels > 1 else ''}, {info.duration:.1f} s) became {encoded:,} bytes: "
+                f"{kept}, mixed to mono, resampled to {layout.sample_rate:,} Hz, one µ-law byte a sample.")
+    return ""
+
+
 class Studio:
-    """The request handlers, serving the checkpoints in one folder (text/, image/, audio/)."""
+    """The request handlers, serving the checkpoints found in one folder."""
 
     def __init__(self, checkpoints):
         self.checkpoints = Path(checkpoints)
-        # Generation keeps its KV cache inside the model: one request at a time per model.
-        self.locks = {name: threading.Lock() for name in ("text", "image", "audio")}
+        self.bytes_per_second: dict[Path, float] = {}  # each checkpoint's last generation, for estimates
 
-    def folder(self, modality: str) -> Path:
-        return self.checkpoints / service.default_checkpoint(modality).name
+    def choices(self, modality: str) -> list[tuple[str, str]]:
+        """(the card's one-line description, folder name) of each checkpoint for the modality."""
+        return [(adapters.checkpoints.description(folder), folder.name)
+                for folder in adapters.checkpoints.catalog(self.checkpoints, modality)]
+
+    def default(self, modality: str) -> str:
+        return service.default_checkpoint(modality, self.checkpoints).name
+
+    def folder(self, modality: str, name: str | None) -> Path:
+        """The checkpoint called `name` that reads the modality; the default one when no name is given."""
+        if not name or name == AUTO_CHECKPOINT:
+            return service.default_checkpoint(modality, self.checkpoints)
+        found = adapters.checkpoints.catalog(self.checkpoints, modality)
+        for folder in found:
+            if folder.name == name:
+                return folder
+        names = ", ".join(folder.name for folder in found) or "none is here"
+        raise UserError(f"Checkpoint: there is no {modality} checkpoint called {name!r} (choose from: {names}).")
+
+    def layout(self, modality: str, name: str | None) -> Layout | None:
+        """A checkpoint's layout from its config alone (weights load on first use); None if unreadable."""
+        try:
+            return Layout.from_dict(read_config(self.folder(modality, name))["layout"])
+        except (UserError, CheckpointError, AdapterError, KeyError, TypeError):
+            return None  # the view names the problem when the checkpoint is used
 
     @contextlib.contextmanager
-    def model(self, modality: str):
-        folder = self.folder(modality)
+    def model(self, modality: str, name: str | None):
+        folder = self.folder(modality, name)
         model, layout = service.load_for(modality, folder)
-        with self.locks[folder.name]:
-            yield model, layout
+        yield model, layout, folder  # no lock: each generation keeps its own decoding state
 
-    def image_size(self) -> int:
-        """The image checkpoint's side, from its config alone (weights load on first use)."""
+    def rows_range(self, name: str | None) -> limits.Range:
+        layout = self.layout("image", name)
+        return limits.rows(layout.image_size, layout.block_side) if layout else limits.rows(DEFAULT_IMAGE_SIZE)
+
+    def image_choice(self, name: str):
+        """What changes with the image checkpoint: the rows slider's range and the examples."""
+        rows = self.rows_range(name)
+        return (gr.Slider(rows.low, rows.high, value=(rows.high + 1) // 2),
+                gr.Dataset(samples=[[path] for path in example_files(name, "image")]))
+
+    def audio_choice(self, name: str, new_seconds):
+        return gr.Dataset(samples=[[path] for path in example_files(name, "audio")]), self.estimate(new_seconds, name)
+
+    def check_image_upload(self, path, name: str):
+        """Clears an upload that is no image the adapter can read, and says why, instead of
+        leaving a broken-image icon in the box."""
+        layout = self.layout("image", name)
+        if path and layout:
+            try:
+                adapters.image.load(path, layout)
+            except AdapterError as e:
+                log.warning("refused an image upload: %s", e)
+                gr.Warning(str(e))
+                return None
+        return gr.skip()
+
+    def estimate(self, new_seconds, name: str | None) -> str:
+        """How long a continuation will take, from its length and the checkpoint's last measured speed."""
         try:
-            return int(read_config(self.folder("image"))["layout"]["image_size"])
-        except (CheckpointError, KeyError, TypeError, ValueError):
-            return DEFAULT_IMAGE_SIZE  # the tab names the missing checkpoint when it is used
+            seconds = limits.CONTINUE_SECONDS.check(new_seconds)
+            folder = self.folder("audio", name)
+        except UserError as e:
+            return str(e)
+        layout = self.layout("audio", name)
+        if layout is None:
+            return ""
+        wanted = adapters.audio.seconds_to_bytes(seconds, layout)
+        speed = self.bytes_per_second.get(folder)
+        if speed is None:
+            return f"{seconds:g} s is {wanted:,} bytes; the first continuation measures how fast they come."
+        return f"{seconds:g} s is {wanted:,} bytes: about {wanted / speed:.0f} s at the last measured {speed:,.0f} bytes/s."
 
-    def complete_image(self, image, rows, samples, temperature, top_k, seed):
+    def complete_image(self, image, rows, samples, temperature, top_k, seed, checkpoint=None):
         """Streams (original, completions, heat map, summary); the completions grow a row at a time."""
-        with shown_in_page(), self.model("image") as (model, layout):
-            how = service.sampling(temperature, top_k)
-            data = service.encode_file(required(image, "an image"), layout)
-            original = adapters.image.decode(data, layout)
-            scored = service.score_bytes(model, data)
-            heat = views.heat_map(adapters.image.surprisal_map(scored.scores.surprisal, layout),
-                                  title="Where the model was surprised by the original")
-            bits = f"Bits per subpixel of the original: {comparison(compression_rows(scored, original))}."
-            prompt = data[: adapters.image.prefix_bytes(rows, layout)]
-            row_bytes = adapters.image.prefix_bytes(1, layout)  # one row, or one row of blocks
-            wanted = layout.bytes_per_image - len(prompt)
-            start = time.perf_counter()
+        with shown_in_page("/complete_image"):
+            samples = limits.SAMPLES.check(samples)
+            how, seed = sampling_settings(temperature, top_k, seed)
+            rows = self.rows_range(checkpoint).check(rows)
+            path = required(image, "an image")
+            with self.model("image", checkpoint) as (model, layout, _):
+                yield from self.stream_completion(model, layout, path, rows, samples, how, seed)
 
-            def update(made: np.ndarray, complete: bool):
-                gallery = [(enlarge(adapters.image.decode(prompt + row.tobytes(), layout)), f"sample {i + 1}")
-                           for i, row in enumerate(made)]
-                status = (f"Generated {made.shape[1] // row_bytes} of {wanted // row_bytes} rows "
-                          f"in {time.perf_counter() - start:.1f} s.")
-                # Between the first and last update the original and heat map stay as they are:
-                # sending them again would rewrite their files while the browser may be reading them.
-                unchanged = lambda value: value if complete else gr.skip()  # noqa: E731
-                return unchanged(enlarge(original)), gallery, unchanged(heat), f"{bits}\n\n{status}"
+    def stream_completion(self, model, layout, path, rows, samples, how, seed):
+        data = service.encode_file(path, layout)
+        original = adapters.image.decode(data, layout)
+        scored = service.score_bytes(model, data)
+        heat = views.heat_map(adapters.image.surprisal_map(scored.scores.surprisal, layout),
+                              title="Where the model was surprised by the original")
+        bits = f"Bits per subpixel of the original: {comparison(compression_rows(scored, original))}."
+        prompt = data[: adapters.image.prefix_bytes(rows, layout)]
+        row_bytes = adapters.image.prefix_bytes(1, layout)  # one row, or one row of blocks
+        wanted = layout.bytes_per_image - len(prompt)
+        pixel_rows = lambda n: n // row_bytes * layout.block_side  # noqa: E731 (whole rows among n bytes)
+        start = time.perf_counter()
 
-            made = np.zeros((samples, 0), np.uint8)
-            yield update(made, complete=True)  # the prompt alone, at once
-            parts = []
-            for part in service.continue_bytes(model, prompt, wanted, samples, how, seed):
-                parts.append(part)
-                rows_before = made.shape[1] // row_bytes
-                made = np.concatenate(parts, axis=1)
-                if rows_before < made.shape[1] // row_bytes < wanted // row_bytes:  # a new row, not the last
-                    yield update(made, complete=False)
-            yield update(made, complete=True)
+        def update(made: np.ndarray, complete: bool):
+            gallery = [enlarge(adapters.image.decode(prompt + row.tobytes(), layout)) for row in made]
+            status = (f"Generated {pixel_rows(made.shape[1])} of {pixel_rows(wanted)} rows "
+                      f"in {time.perf_counter() - start:.1f} s.")
+            # Between the first and last update the original and heat map stay as they are:
+            # sending them again would rewrite their files while the browser may be reading them.
+            unchanged = lambda value: value if complete else gr.skip()  # noqa: E731
+            return unchanged(enlarge(original)), gallery, unchanged(heat), f"{bits}\n\n{status}"
 
-    def continue_audio(self, audio, prompt_seconds, new_seconds, temperature, top_k, seed,
+        made = np.zeros((samples, 0), np.uint8)
+        yield update(made, complete=True)  # the prompt alone, at once
+        parts = []
+        for part in service.continue_bytes(model, prompt, wanted, samples, how, seed):
+            parts.append(part)
+            rows_before = made.shape[1] // row_bytes
+            made = np.concatenate(parts, axis=1)
+            if rows_before < made.shape[1] // row_bytes < wanted // row_bytes:  # a new row, not the last
+                yield update(made, complete=False)
+        yield update(made, complete=True)
+
+    def continue_audio(self, audio, prompt_seconds, new_seconds, temperature, top_k, seed, checkpoint=None,
                        progress=gr.Progress()):
-        """Yields the prompt's analysis at once, then prompt + continuation when it is done."""
-        with shown_in_page(), self.model("audio") as (model, layout):
-            how = service.sampling(temperature, top_k)
-            rate = layout.sample_rate
-            prompt = service.encode_file(required(audio, "a clip"), layout, prompt_seconds)
-            scored = service.score_bytes(model, prompt, progress=lambda done, n: progress(done / n, desc="Scoring"))
-            curve = views.surprisal_curve(scored.scores.surprisal, rate, title="The prompt's surprisal over time")
-            prompt_pcm = adapters.audio.decode(prompt, layout)
-            about = (f"Prompt: {len(prompt) / rate:.2f} s; bits per sample: "
-                     f"{comparison(compression_rows(scored))}.")
-            yield (rate, prompt_pcm), views.waveform(prompt_pcm, rate), curve, about
-            wanted = adapters.audio.seconds_to_bytes(new_seconds, layout)
-            parts, start, last = [], time.perf_counter(), 0.0
-            for part in service.continue_bytes(model, prompt, wanted, 1, how, seed):
-                parts.append(part)
-                if time.perf_counter() - last > PROGRESS_EVERY_SECONDS:
-                    last = time.perf_counter()
-                    progress(sum(p.shape[1] for p in parts) / wanted, desc="Generating")
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip()  # where a Stop can end the request
-            pcm = adapters.audio.decode(prompt + np.concatenate(parts, axis=1)[0].tobytes(), layout)
-            made = f"Continued by {wanted / rate:.2f} s in {time.perf_counter() - start:.1f} s."
-            yield (rate, pcm), views.waveform(pcm, rate, len(prompt) / rate), curve, f"{about}\n\n{made}"
+        """Yields the prompt's analysis at once, the speed while it generates, then prompt +
+        continuation and how the continuation compares with the prompt's end."""
+        with shown_in_page("/continue_audio"):
+            prompt_seconds = limits.PROMPT_SECONDS.check(prompt_seconds)
+            new_seconds = limits.CONTINUE_SECONDS.check(new_seconds)
+            how, seed = sampling_settings(temperature, top_k, seed)
+            path = required(audio, "a clip")
+            with self.model("audio", checkpoint) as (model, layout, folder):
+                yield from self.stream_continuation(model, layout, folder, path, prompt_seconds, new_seconds,
+                                                    how, seed, progress)
 
-    def explore(self, text, file, kind, progress=gr.Progress()):
-        """(summary, coloured HTML, chart, compression table) for typed text or any file."""
-        with shown_in_page():
+    def stream_continuation(self, model, layout, folder, path, prompt_seconds, new_seconds, how, seed, progress):
+        rate = layout.sample_rate
+        prompt = service.encode_file(path, layout, prompt_seconds)
+        scored = service.score_bytes(model, prompt, progress=lambda done, n: progress(done / n, desc="Scoring"))
+        curve = views.surprisal_curve(scored.scores.surprisal, rate, title="The prompt's surprisal over time")
+        prompt_pcm = adapters.audio.decode(prompt, layout)
+        about = f"Prompt: {len(prompt) / rate:.2f} s; bits per sample: {comparison(compression_rows(scored))}."
+        estimate = self.estimate(new_seconds, folder.name)
+        yield (rate, prompt_pcm), views.waveform(prompt_pcm, rate), "", curve, f"{about}\n\n{estimate}"
+        wanted = adapters.audio.seconds_to_bytes(new_seconds, layout)
+        parts, made, start, last = [], 0, time.perf_counter(), 0.0
+        for part in service.continue_bytes(model, prompt, wanted, 1, how, seed):
+            parts.append(part)
+            made += part.shape[1]
+            if time.perf_counter() - last > PROGRESS_EVERY_SECONDS:  # each yield is where a Stop can end it
+                last = time.perf_counter()
+                speed = made / (last - start)
+                status = (f"Generated {made / rate:.2f} of {wanted / rate:.2f} s in {last - start:.1f} s "
+                          f"({speed:,.0f} bytes/s; about {(wanted - made) / speed:.0f} s left).")
+                progress(made / wanted, desc=f"Generating at {speed:,.0f} bytes/s")
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"{about}\n\n{status}"
+        took = time.perf_counter() - start
+        self.bytes_per_second[folder] = wanted / took
+        continuation = np.concatenate(parts, axis=1)[0].tobytes()
+        pcm = adapters.audio.decode(prompt + continuation, layout)
+        tail = prompt_pcm[-round(TAIL_SECONDS * rate) :]
+        measures = views.continuation_measures(
+            adapters.audio.continuation_metrics(tail / 32768, pcm[len(prompt) :] / 32768))
+        made = f"Generated {wanted / rate:.2f} of {wanted / rate:.2f} s in {took:.1f} s ({wanted / took:,.0f} bytes/s)."
+        yield (rate, pcm), views.waveform(pcm, rate, len(prompt) / rate), measures, curve, f"{about}\n\n{made}"
+
+    def explore(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
+        """(summary, what the model read, surprisal chart, chart by position in the patch, compression
+        table) for typed text or any file."""
+        with shown_in_page("/explore"):
+            if kind not in EXPLORER_KINDS:
+                raise UserError(f"Read it as: one of {', '.join(EXPLORER_KINDS)}, not {kind!r}.")
             if file:
                 data = Path(file).read_bytes()
                 kind = detect_kind(file, data) if kind == "auto" else kind
@@ -223,30 +358,46 @@ class Studio:
                 raise UserError("Type some text or upload a file to score.")
             if kind in ("text", "bytes") and len(data) > MAX_SCORE_BYTES:
                 raise UserError(f"The input is {len(data):,} bytes; the explorer scores at most "
-                                f"{MAX_SCORE_BYTES:,} bytes of text or raw bytes.")
-            with self.model(kind) as (model, layout):
-                data = service.encode_file(data, layout, MAX_AUDIO_SECONDS)
-                scored = service.score_bytes(model, data, progress=lambda done, n: progress(done / n, desc="Scoring"))
+                                f"{MAX_SCORE_BYTES:,} bytes of text or raw bytes, and cuts nothing: shorten it.")
+            with self.model(kind, checkpoint) as (model, layout, folder):
+                encoded = service.encode_file(data, layout, MAX_AUDIO_SECONDS)
+                scored = service.score_bytes(model, encoded, progress=lambda done, n: progress(done / n, desc="Scoring"))
                 patch_size = model.patch_size
             s, image, page = scored.scores, None, ""
             if kind == "image":
-                image = adapters.image.decode(data, layout)
+                image = adapters.image.decode(encoded, layout)
                 chart = views.heat_map(adapters.image.surprisal_map(s.surprisal, layout))
+                page = picture_html(image)
             elif kind == "audio":
                 chart = views.surprisal_curve(s.surprisal, layout.sample_rate)
             else:
                 chart = views.patch_chart(s.surprisal, patch_size)
-                page = (views.text_html if kind == "text" else views.hex_html)(data, s.surprisal, s.top_bytes, s.top_probs)
-            summary = (f"Scored {len(data):,} bytes as {kind} with the {self.folder(kind).name} model "
+                page = (views.text_html if kind == "text" else views.hex_html)(encoded, s.surprisal, s.top_bytes, s.top_probs)
+            summary = (f"Scored {len(encoded):,} bytes as {kind} with the {folder.name} model "
                        f"in {scored.seconds:.1f} s: **{scored.bits_per_byte:.3f} bits per byte**.")
-            return summary, page, chart, compression_rows(scored, image)
+            note = how_encoded(data, kind, layout, len(encoded))
+            summary = f"{summary}\n\n{note}" if note else summary
+            return summary, page, chart, views.position_chart(s.surprisal, patch_size), compression_rows(scored, image)
 
 
 def sampling_controls():
-    temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = always the likeliest byte)")
+    temperature = gr.Slider(0, limits.MAX_TEMPERATURE, value=1.0, step=0.05,
+                            label="Temperature (0 = always the likeliest byte)")
     top_k = gr.Slider(0, 256, value=0, step=1, precision=0, label="Top-k (0 = all 256 bytes)")
-    seed = gr.Number(0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
-    return temperature, top_k, seed
+    seed = gr.Number(0, precision=0, minimum=0, maximum=limits.MAX_SEED, label="Seed")
+    return checked_by_handler(temperature), checked_by_handler(top_k), checked_by_handler(seed)
+
+
+def checkpoint_choice(studio: Studio, modality: str, elem_id: str) -> gr.Dropdown:
+    return checked_by_handler(gr.Dropdown(studio.choices(modality), value=studio.default(modality),
+                                          label="Checkpoint", elem_id=elem_id))
+
+
+def examples_of(component, files: list[str]) -> gr.Dataset:
+    """Example files that fill `component` when clicked; the checkpoint's choice swaps them."""
+    examples = gr.Dataset(components=[component], samples=[[path] for path in files], label="Examples")
+    examples.click(lambda sample: sample[0], examples, component, api_visibility="private")
+    return examples
 
 
 def plot(label: str) -> gr.Image:
@@ -255,12 +406,22 @@ def plot(label: str) -> gr.Image:
     return gr.Image(label=label, show_label=False, format="png", interactive=False)
 
 
-def wire(button, fn, inputs, outputs, api_name: str, stop=None, progress_on=None):
-    """Runs fn on a click, queued with every other model request; a Stop button cancels it."""
+# After a Stop the summary says so, and what was made stays on the page.
+STOPPED = """(summary) => {
+    const progress = /Generated ([\\d.]+) of ([\\d.]+) (rows|s) in ([\\d.]+) s[^\\n]*/;
+    const shown = (summary || "").match(progress);
+    if (shown && shown[1] === shown[2]) return summary;
+    if (shown) return summary.replace(progress, "Stopped after $1 of $2 $3 ($4 s); what was made stays.");
+    return (summary ? summary + "\\n\\n" : "") + "Stopped before generating.";
+}"""
+
+
+def wire(button, fn, inputs, outputs, api_name: str, stop, summary, progress_on=None):
+    """Runs fn on a click, queued with every other model request; Stop cancels it and says so."""
     event = button.click(fn, inputs, outputs, api_name=api_name, concurrency_id="model",
                          show_progress_on=progress_on)
-    if stop is not None:
-        stop.click(None, cancels=[event], api_visibility="private")
+    stop.click(None, summary, summary, js=STOPPED, cancels=[event], api_visibility="private")
+    return event
 
 
 def run_buttons(label: str):
@@ -268,82 +429,121 @@ def run_buttons(label: str):
         return gr.Button(label, variant="primary"), gr.Button("Stop", variant="stop")
 
 
-def examples(folder: str, pattern: str) -> list[str]:
-    return [str(p) for p in sorted((ASSETS / folder).glob(pattern))]
-
-
 def image_tab(studio: Studio):
-    size = studio.image_size()
+    name = studio.default("image")
+    rows_range = studio.rows_range(name)
     with gr.Row():
         with gr.Column():
+            checkpoint = checkpoint_choice(studio, "image", "image-checkpoint")
             image = image_path_input(label=f"Image (cropped square, at most {MAX_UPLOAD_MB} MB)",
                                      sources=["upload", "clipboard"], height=260, elem_id="image-input")
-            gr.Examples(examples("images", "*.png"), inputs=image)
-            rows = gr.Slider(1, size - 1, value=size // 2, step=1, precision=0, label="Top rows to keep")
-            samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, precision=0,
-                                label=f"Samples (generated as one batch, at most {MAX_SAMPLES})")
+            examples = examples_of(image, example_files(name, "image"))
+            rows = checked_by_handler(gr.Slider(rows_range.low, rows_range.high, value=(rows_range.high + 1) // 2,
+                                                step=1, precision=0, label="Top rows to keep"))
+            samples = checked_by_handler(gr.Slider(1, limits.MAX_SAMPLES, value=4, step=1, precision=0,
+                                                   label=f"Samples (generated as one batch, at most {limits.MAX_SAMPLES})"))
             temperature, top_k, seed = sampling_controls()
             go, stop = run_buttons("Complete")
         with gr.Column():
-            original = gr.Image(label=f"Original at the model's {size}×{size}", format="png", interactive=False)
-            gallery = gr.Gallery(label="Completions (magenta: not generated yet)", columns=4, height="auto", format="png",
-                                 interactive=False, elem_id="completions")
+            original = gr.Image(label="Original at the model's size", format="png", interactive=False)
+            # The gallery's own label and captions would float over the kept rows: a heading instead.
+            gr.Markdown("**Completions**, samples in order (magenta: not generated yet)")
+            gallery = gr.Gallery(label="Completions", show_label=False, columns=4, height="auto", format="png",
+                                 interactive=False, allow_preview=False, elem_id="completions")
             heat = plot("Where the model was surprised by the original")
-            summary = gr.Markdown(elem_id="image-summary")
-    wire(go, studio.complete_image, [image, rows, samples, temperature, top_k, seed],
-         [original, gallery, heat, summary], "complete_image", stop)
+            summary = gr.Markdown(label="Summary", elem_id="image-summary")
+    checkpoint.change(studio.image_choice, checkpoint, [rows, examples], api_visibility="private")
+    image.upload(studio.check_image_upload, [image, checkpoint], image, api_visibility="private")
+    wire(go, studio.complete_image, [image, rows, samples, temperature, top_k, seed, checkpoint],
+         [original, gallery, heat, summary], "complete_image", stop, summary)
 
 
 def audio_tab(studio: Studio):
+    name = studio.default("audio")
     with gr.Row():
         with gr.Column():
+            checkpoint = checkpoint_choice(studio, "audio", "audio-checkpoint")
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
                              label=f"Clip (wav, flac, ogg, …; at most {MAX_UPLOAD_MB} MB)", elem_id="audio-input")
-            gr.Examples(examples("audio", "*.flac"), inputs=audio)
-            prompt_seconds = gr.Slider(0.25, MAX_AUDIO_SECONDS, value=2, step=0.25,
-                                       label=f"Prompt: the clip's first seconds (at most {MAX_AUDIO_SECONDS:g})",
-                                       elem_id="prompt-seconds")
-            new_seconds = gr.Slider(0.25, MAX_CONTINUE_SECONDS, value=1, step=0.25,
-                                    label=f"Seconds to continue (at most {MAX_CONTINUE_SECONDS:g}; "
-                                          "each takes 10-30 s on a CPU)", elem_id="new-seconds")
+            examples = examples_of(audio, example_files(name, "audio"))
+            prompt_seconds = checked_by_handler(gr.Slider(
+                limits.PROMPT_SECONDS.low, MAX_AUDIO_SECONDS, value=2, step=0.25, elem_id="prompt-seconds",
+                label=f"Prompt: the clip's first seconds (at most {MAX_AUDIO_SECONDS:g})"))
+            new_seconds = checked_by_handler(gr.Slider(
+                limits.CONTINUE_SECONDS.low, limits.MAX_CONTINUE_SECONDS, value=1, step=0.25, elem_id="new-seconds",
+                label=f"Seconds to continue (at most {limits.MAX_CONTINUE_SECONDS:g})"))
+            estimate = gr.Markdown(studio.estimate(1, name), label="How long it will take", elem_id="audio-estimate")
             temperature, top_k, seed = sampling_controls()
             go, stop = run_buttons("Continue")
         with gr.Column():
             result = gr.Audio(label="Prompt + continuation", type="numpy", format="wav",
                               interactive=False, elem_id="continuation")
             wave = plot("Waveform and spectrogram")
+            measures = gr.Markdown(label="The continuation against the prompt's last second", elem_id="audio-measures")
             curve = plot("The prompt's surprisal over time")
-            summary = gr.Markdown(elem_id="audio-summary")
-    wire(go, studio.continue_audio, [audio, prompt_seconds, new_seconds, temperature, top_k, seed],
-         [result, wave, curve, summary], "continue_audio", stop, progress_on=result)  # the prompt's plots stay in view
+            summary = gr.Markdown(label="Summary", elem_id="audio-summary")
+    checkpoint.change(studio.audio_choice, [checkpoint, new_seconds], [examples, estimate], api_visibility="private")
+    new_seconds.change(studio.estimate, [new_seconds, checkpoint], estimate, api_visibility="private",
+                       queue=False, show_progress="hidden")
+    event = wire(go, studio.continue_audio, [audio, prompt_seconds, new_seconds, temperature, top_k, seed, checkpoint],
+                 [result, wave, measures, curve, summary], "continue_audio", stop, summary,
+                 progress_on=result)  # the prompt's plots stay in view
+    event.then(studio.estimate, [new_seconds, checkpoint], estimate, api_visibility="private", queue=False)
+
+
+# The byte count beside the text box, live and in bytes: the same count the explorer's cap checks.
+BYTE_COUNT = f"""(text) => {{
+    const bytes = new TextEncoder().encode(text || "").length;
+    const shown = bytes.toLocaleString("en-US");
+    return bytes > {MAX_SCORE_BYTES}
+        ? `**${{shown}} bytes: over the limit of {MAX_SCORE_BYTES:,}.** Shorten the text to score it; nothing is cut.`
+        : `${{shown}} of at most {MAX_SCORE_BYTES:,} bytes (UTF-8)`;
+}}"""
 
 
 def explorer_tab(studio: Studio):
+    checkpoints = [("auto: the default for what the input is read as", AUTO_CHECKPOINT)]
+    for modality in ("text", "image", "audio"):
+        checkpoints += studio.choices(modality)
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label=f"Text (at most {MAX_SCORE_BYTES:,} bytes)", lines=8,
-                              max_length=MAX_SCORE_BYTES, elem_id="explore-text")
+            # No max_length: a browser cuts at characters, not bytes, and silently. The count shows the bytes.
+            text = gr.Textbox(label=f"Text (at most {MAX_SCORE_BYTES:,} bytes)", lines=8, elem_id="explore-text")
+            count = gr.Markdown(f"0 of at most {MAX_SCORE_BYTES:,} bytes (UTF-8)", label="Bytes",
+                                elem_id="explore-count")
             file = gr.File(label=f"…or any file, used instead of the text (at most {MAX_UPLOAD_MB} MB; "
                                  f"audio: the first {MAX_AUDIO_SECONDS:g} s)", type="filepath")
-            kind = gr.Radio(list(EXPLORER_KINDS), value="auto", label="Read it as",
-                            info="auto: images and audio by their extension or format, else UTF-8 text, else raw bytes")
+            kind = checked_by_handler(gr.Radio(
+                list(EXPLORER_KINDS), value="auto", label="Read it as",
+                info="auto: images and audio by their extension or format, else UTF-8 text, else raw bytes"))
+            checkpoint = checked_by_handler(gr.Dropdown(checkpoints, value=AUTO_CHECKPOINT, label="Checkpoint",
+                                                        elem_id="explore-checkpoint"))
             go = gr.Button("Score", variant="primary")
-            gr.Examples([["def greet(name):\n    return f'Hello, {name}!'\n", None, "auto"],
-                         *[[None, path, "auto"] for path in examples("text", "*.txt")],
-                         [None, examples("images", "chelsea.png")[0], "auto"],
-                         [None, examples("audio", "guit_em9.flac")[0], "auto"]],
-                        inputs=[text, file, kind])
+            # Short labels: a table of the inputs' long labels would be clipped.
+            samples = {"Python code": ["def greet(name):\n    return f'Hello, {name}!'\n", None],
+                       **{Path(path).name: [None, path] for path in example_files("text", "text")},
+                       "a photo (chelsea.png)": [None, str(ASSETS / "images" / "chelsea.png")],
+                       "a guitar chord (guit_em9.flac)": [None, str(ASSETS / "audio" / "guit_em9.flac")]}
+            gr.Examples([[text_, file_, "auto", AUTO_CHECKPOINT] for text_, file_ in samples.values()],
+                        inputs=[text, file, kind, checkpoint], example_labels=list(samples), elem_id="explore-examples")
         with gr.Column():
-            summary = gr.Markdown(elem_id="explore-summary")
+            summary = gr.Markdown(label="Summary", elem_id="explore-summary")
             table = gr.Dataframe(headers=["coder", "bits per byte"], label="On this input (fewer bits is better)",
                                  interactive=False)
-            page = gr.HTML(elem_id="surprisal", max_height=640)
+            page = gr.HTML(label="What the model read, coloured by surprisal", elem_id="surprisal", max_height=640)
             chart = plot("Surprisal: per patch for text, per pixel for images, over time for audio")
-    wire(go, studio.explore, [text, file, kind], [summary, page, chart, table], "explore")
+            positions = plot("Mean surprisal by position inside the patch")
+    text.change(None, text, count, js=BYTE_COUNT, api_visibility="private", queue=False, show_progress="hidden")
+    go.click(studio.explore, [text, file, kind, checkpoint], [summary, page, chart, positions, table],
+             api_name="explore", concurrency_id="model")
 
 
-def build(checkpoints=service.CHECKPOINTS) -> gr.Blocks:
+def build(checkpoints=service.CHECKPOINTS, compile_decoding: bool = False) -> gr.Blocks:
+    """The app; with compile_decoding, the generating checkpoints' decoding steps compile in
+    the background (service.compile_in_background) while requests decode eagerly."""
     studio = Studio(checkpoints)
+    if compile_decoding:
+        service.compile_in_background(checkpoints)
     with gr.Blocks(title="MegaByte studio", analytics_enabled=False) as demo:
         gr.Markdown("# MegaByte studio\nOne byte-level model per medium: it completes images, continues "
                     "audio and shows how surprised it is by every byte. Requests run "
@@ -363,5 +563,6 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, threads: 
     torch.set_num_threads(threads)  # one byte at a time: more threads mostly wait on each other
     demo.queue(default_concurrency_limit=CONCURRENT_REQUESTS, max_size=MAX_QUEUE)
     _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=f"{MAX_UPLOAD_MB}mb",
-                            theme=THEME, ssr_mode=False, prevent_thread_lock=True, quiet=True)
+                            theme=THEME, ssr_mode=False, prevent_thread_lock=True, quiet=True,
+                            allowed_paths=[str(ASSETS)])  # the examples the checkpoint choice swaps in
     return url

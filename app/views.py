@@ -22,8 +22,8 @@ import adapters
 
 COLOURS = colormaps["YlOrRd"]
 FULL_COLOUR_BITS = 12.0  # a character this surprising or more gets the darkest colour
-PATCH_LINES_UP_TO = 128  # beyond this many patches, boundary lines would hide the chart
 LINE_COLOUR = "#d62728"
+FAINT_COLOUR = "#c8c8c8"  # detail drawn behind a summary
 
 
 def figure_image(fig: Figure) -> Image.Image:
@@ -51,20 +51,35 @@ def patch_means(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def patch_chart(surprisal: np.ndarray, patch_size: int, title: str = "Surprisal of each byte and patch") -> Image.Image:
-    """Bits per byte, each byte faintly and each patch's mean as a step, with patch boundaries."""
+    """Each patch's mean bits as a bar one patch wide, drawn over the faint bits of each byte."""
     n = len(surprisal)
     edges = np.append(np.arange(0, n, patch_size), n)
     fig = Figure(figsize=(8, 3))
     ax = fig.subplots()
-    ax.plot(np.arange(n) + 0.5, surprisal, color="#999999", linewidth=0.6, label="each byte")
-    ax.stairs(patch_means(surprisal, patch_size), edges, baseline=None, color=LINE_COLOUR, linewidth=1.6,
-              label=f"patch mean ({patch_size} bytes)")
-    if len(edges) <= PATCH_LINES_UP_TO:
-        ax.vlines(edges, 0, 1, transform=ax.get_xaxis_transform(), color="#cccccc", linewidth=0.5)
+    ax.plot(np.arange(n) + 0.5, surprisal, color=FAINT_COLOUR, linewidth=0.5, zorder=1, label="each byte")
+    ax.stairs(patch_means(surprisal, patch_size), edges, baseline=0, fill=True, color=LINE_COLOUR, alpha=0.75,
+              zorder=2, label=f"patch mean ({patch_size} bytes)")
     ax.set_xlim(0, max(n, 1))
     ax.set_xlabel("byte offset")
     ax.set_ylabel("bits")
     ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(title)
+    return figure_image(fig)
+
+
+def position_chart(surprisal: np.ndarray, patch_size: int,
+                   title: str = "Mean surprisal by position inside the patch") -> Image.Image:
+    """Mean bits at each position 0..P-1 of a patch: position 0 is predicted from the global
+    model alone, the later ones also from the bytes of the patch so far."""
+    surprisal = np.asarray(surprisal, dtype=np.float64)
+    positions = np.arange(len(surprisal)) % patch_size
+    means = np.bincount(positions, surprisal, minlength=patch_size) / np.maximum(np.bincount(positions, minlength=patch_size), 1)
+    fig = Figure(figsize=(4.4, 2.8))
+    ax = fig.subplots()
+    ax.bar(np.arange(patch_size), means, color=LINE_COLOUR, alpha=0.75)
+    ax.set_xticks(np.arange(patch_size))
+    ax.set_xlabel("position inside the patch")
+    ax.set_ylabel("mean bits")
     ax.set_title(title)
     return figure_image(fig)
 
@@ -103,6 +118,14 @@ def waveform(pcm: np.ndarray, rate: int, split_seconds: float | None = None) -> 
     wave_ax.set_title("Waveform and spectrogram")
     wave_ax.set_xlim(0, max(len(pcm) / rate, 1 / rate))
     return figure_image(fig)
+
+
+def continuation_measures(metrics: dict[str, float]) -> str:
+    """adapters.audio.continuation_metrics as three lines a listener can read."""
+    return (f"Spectral flatness (white noise ≈ 1, a tone ≈ 0): **{metrics['flatness']:.2f}**, "
+            f"the prompt's last second {metrics['prompt_flatness']:.2f}  \n"
+            f"Similarity to the prompt's last second (1 = the same spectrum): **{metrics['similarity']:.2f}**  \n"
+            f"Loudness drift (RMS over the prompt's last second's): **{metrics['rms_drift']:.2f}×**")
 
 
 def byte_label(b: int) -> str:

@@ -4,11 +4,14 @@ The app serves tiny random checkpoints (tests/conftest.py), so the results are n
 their shapes, sizes and the bytes the user kept are exactly what a trained model gives.
 """
 
+import base64
 import html
+import io
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,7 +21,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app import service, ui, views
+from app import limits, service, ui, views
 
 ASSETS = service.ROOT / "assets"
 PHOTO = ASSETS / "images" / "chelsea.png"
@@ -39,7 +42,7 @@ def bad_files(tmp_path_factory):
         "truncated.png": PHOTO.read_bytes()[:2000],
         "noise.png": np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
         "noise.bin": np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
-        "big.bin": bytes(ui.MAX_UPLOAD_MB * 2**20 + 1),
+        "big.bin": bytes(limits.MAX_UPLOAD_MB * 2**20 + 1),
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -58,11 +61,15 @@ def still_serves(client):
 def test_every_endpoint_is_named_in_the_api(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/complete_image", "/continue_audio", "/explore"}
+    for endpoint in endpoints.values():  # names a client can read, not Gradio's value_20
+        names = [p["parameter_name"] for p in endpoint["parameters"]] + [r["label"] for r in endpoint["returns"]]
+        assert all(name and not name.startswith("value_") for name in names), names
+        assert "checkpoint" in names
 
 
 def test_image_completion_streams_rows_and_keeps_the_top(client):
     rows, samples = 20, 3
-    job = client.submit(handle_file(PHOTO), rows, samples, 1.0, 0, 7, api_name="/complete_image")
+    job = client.submit(handle_file(PHOTO), rows, samples, 1.0, 0, 7, "image", api_name="/complete_image")
     original, gallery, heat, summary = job.result()
     assert len(job.outputs()) == 1 + 32 - rows  # the prompt alone, then one update per generated row
     top = pixels(original)
@@ -78,18 +85,43 @@ def test_image_completion_streams_rows_and_keeps_the_top(client):
     assert "PNG" in summary and "WebP" in summary and "Generated 12 of 12 rows" in summary
 
 
+def test_the_image_view_opens_on_emoji_and_completes_with_either_checkpoint(client, tiny_checkpoints):
+    studio = ui.Studio(tiny_checkpoints)
+    assert studio.default("image") == "emoji" and studio.default("audio") == "audio"
+    assert studio.choices("image") == [("tiny random emoji model", "emoji"), ("tiny random image model", "image")]
+    for checkpoint in ("emoji", "image"):
+        original, gallery, _, summary = client.predict(handle_file(PHOTO), 30, 1, 1.0, 0, 0, checkpoint,
+                                                       api_name="/complete_image")
+        assert len(gallery) == 1 and "Generated" in summary
+    with pytest.raises(AppError, match="Checkpoint: there is no image checkpoint called 'text'"):
+        client.predict(handle_file(PHOTO), 16, 1, 1.0, 0, 0, "text", api_name="/complete_image")
+
+
+def test_examples_follow_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(ui, "ASSETS", tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "photo.png").write_bytes(b"")
+    assert [Path(p).name for p in ui.example_files("emoji", "image")] == ["photo.png"]  # none of its own yet
+    (tmp_path / "emoji").mkdir()
+    (tmp_path / "emoji" / "smile.png").write_bytes(b"")
+    assert [Path(p).name for p in ui.example_files("emoji", "image")] == ["smile.png"]
+    assert [Path(p).name for p in ui.example_files("image", "image")] == ["photo.png"]
+
+
 def test_audio_continuation_plays_prompt_then_continuation(client):
-    wav, wave_plot, curve_plot, summary = client.predict(
+    wav, wave_plot, measures, curve_plot, summary = client.predict(
         handle_file(CLIP), 1.0, 0.25, 1.0, 0, 0, api_name="/continue_audio")
     audio, rate = sf.read(wav, dtype="int16")
     assert rate == 8000 and len(audio) == 8000 + 2000
     assert np.abs(audio[:8000]).max() > 1000  # the guitar, not silence
     assert pixels(wave_plot).shape[0] > 100 and pixels(curve_plot).shape[0] > 100
-    assert "Prompt: 1.00 s" in summary and "Continued by 0.25 s" in summary
+    assert "Prompt: 1.00 s" in summary and "Generated 0.25 of 0.25 s" in summary and "bytes/s" in summary
+    for measure in ("Spectral flatness", "Similarity to the prompt's last second", "Loudness drift"):
+        assert measure in measures
 
 
 def test_stop_ends_a_generation_and_the_server_goes_on(client):
-    job = client.submit(handle_file(CLIP), 1.0, ui.MAX_CONTINUE_SECONDS, 1.0, 0, 0, api_name="/continue_audio")
+    job = client.submit(handle_file(CLIP), 1.0, limits.MAX_CONTINUE_SECONDS, 1.0, 0, 0, api_name="/continue_audio")
     while not job.outputs():  # the prompt's analysis comes first, then generation starts
         assert not job.done()
         time.sleep(0.1)
@@ -100,14 +132,14 @@ def test_stop_ends_a_generation_and_the_server_goes_on(client):
 
 def test_explore_text_colours_every_character(client):
     text = 'naïve <b>bold</b> & "quotes" ☃\n\tend'
-    summary, page, chart, table = client.predict(text, None, "auto", api_name="/explore")
+    summary, page, chart, positions, table = client.predict(text, None, "auto", api_name="/explore")
     assert summary.startswith(f"Scored {len(text.encode())} bytes as text")
     body = page[page.index('class="surprisal-text"') :]
     shown = [html.unescape(char) for char in re.findall(r'<span [^>]*title="[^"]*">(.*?)</span>', body, re.S)]
     assert shown == list(text)  # one span per character
     assert "<b>" not in page  # the text is shown, never run as HTML
     assert "expected:" in page  # the model's guesses, on hover
-    assert pixels(chart).shape[0] > 100
+    assert pixels(chart).shape[0] > 100 and pixels(positions).shape[0] > 100
     coders = [name for name, _ in table["data"]]
     assert coders == ["this model", "gzip -9", "xz -9e"]
 
@@ -118,15 +150,32 @@ def test_explore_text_colours_every_character(client):
     (CLIP, "audio", 3),
 ])
 def test_explore_reads_files_by_their_kind(client, path, kind, coders):
-    summary, page, chart, table = client.predict(None, handle_file(path), "auto", api_name="/explore")
-    assert f"as {kind} with the {'text' if kind == 'text' else kind} model" in summary
+    summary, page, chart, positions, table = client.predict(None, handle_file(path), "auto", api_name="/explore")
+    assert f"as {kind} with the {'emoji' if kind == 'image' else kind} model" in summary
     assert len(table["data"]) == coders
-    assert pixels(chart).shape[0] > 100
+    assert pixels(chart).shape[0] > 100 and pixels(positions).shape[0] > 100
     assert ("surprisal-text" in page) == (kind == "text")
 
 
+def test_explore_shows_the_image_it_scored_and_how_the_file_became_bytes(client):
+    summary, page, *_ = client.predict(None, handle_file(PHOTO), "auto", "image", api_name="/explore")
+    width, height = Image.open(PHOTO).size
+    assert f"The PNG file ({PHOTO.stat().st_size:,} bytes, {width}×{height}) became 3,072 bytes" in summary
+    assert "with the image model" in summary
+    shown = Image.open(io.BytesIO(base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page)[1])))
+    assert shown.size == (32 * SHOWN, 32 * SHOWN)  # the 32x32 image the model read, enlarged
+
+
+def test_explore_counts_bytes_not_characters_and_cuts_nothing(client):
+    with pytest.raises(AppError) as caught:
+        client.predict("é" * (limits.MAX_SCORE_BYTES // 2 + 1), None, "auto", api_name="/explore")
+    assert f"The input is {limits.MAX_SCORE_BYTES + 2:,} bytes" in str(caught.value)
+    summary, *_ = client.predict("é" * (limits.MAX_SCORE_BYTES // 2), None, "auto", api_name="/explore")
+    assert summary.startswith(f"Scored {limits.MAX_SCORE_BYTES:,} bytes as text")
+
+
 def test_explore_shows_raw_bytes_as_coloured_hex(client, bad_files):
-    summary, page, _, _ = client.predict(None, handle_file(bad_files / "noise.bin"), "auto", api_name="/explore")
+    summary, page, *_ = client.predict(None, handle_file(bad_files / "noise.bin"), "auto", api_name="/explore")
     assert "3,000 bytes as bytes with the text model" in summary
     assert len(re.findall(r"<span [^>]*title=", page[page.index("surprisal-hex") :])) == 3000
 
@@ -141,19 +190,26 @@ def bad_requests(files):
         ("/complete_image", [handle_file(files / "truncated.png"), *image], "The image file is truncated or corrupt."),
         ("/complete_image", [handle_file(files / "noise.png"), *image], "This is not an image Pillow can read"),
         ("/complete_image", [handle_file(ASSETS / "text" / "genesis.txt"), *image], "This is not an image"),
-        ("/complete_image", [photo, 16, 99, 1.0, 0, 0], "Value 99 is greater than maximum value 8."),
-        ("/complete_image", [photo, 16, 2, -1, 0, 0], "Value -1 is less than minimum value 0."),
-        ("/complete_image", [photo, 0, 2, 1.0, 0, 0], "Value 0 is less than minimum value 1."),
+        ("/complete_image", [photo, 16, 99, 1.0, 0, 0], "Samples: at most 8."),
+        ("/complete_image", [photo, 16, 2, -1, 0, 0], "Temperature: at least 0."),
+        ("/complete_image", [photo, 0, 2, 1.0, 0, 0], "Top rows to keep: at least 1."),
+        ("/complete_image", [photo, 31, 2, 1.0, 0, 0, "emoji"], "Top rows to keep: at most 30."),  # 2x2 blocks
+        ("/complete_image", [photo, 16, 2.5, 1.0, 0, 0], "Samples: a whole number from 1 to 8, not 2.5."),
+        ("/complete_image", [photo, 16, 2, 1.0, 0, "abc"], "Seed: a whole number from 0 to 2,147,483,647, not 'abc'."),
+        ("/complete_image", [photo, 16, 2, 1.0, 0, 0, "nope"], "Checkpoint: there is no image checkpoint called 'nope'"),
         ("/continue_audio", [handle_file(files / "noise.bin"), *audio], "The audio file is corrupt, truncated"),
         ("/continue_audio", [handle_file(files / "empty.png"), *audio], "The file is empty."),
-        ("/continue_audio", [clip, 1.0, 60, 1.0, 0, 0], "Value 60 is greater than maximum value 4.0."),
-        ("/continue_audio", [clip, 1.0, 0.25, 1.0, 999, 0], "Value 999 is greater than maximum value 256."),
+        ("/continue_audio", [clip, 1.0, 60, 1.0, 0, 0], "Seconds to continue: at most 4."),
+        ("/continue_audio", [clip, 9, 1, 1.0, 0, 0], "Prompt seconds: at most 5."),
+        ("/continue_audio", [clip, 1.0, 0.25, 1.0, 999, 0], "Top-k: at most 256."),
+        ("/continue_audio", [clip, 1.0, 0.25, "hot", 0, 0], "Temperature: a number from 0 to 2, not 'hot'."),
         ("/explore", [None, None, "auto"], "Type some text or upload a file to score."),
         ("/explore", ["x" * (ui.MAX_SCORE_BYTES + 1), None, "auto"], "the explorer scores at most 20,000 bytes"),
         ("/explore", [None, handle_file(files / "empty.png"), "text"], "The file is empty."),
         ("/explore", [None, handle_file(files / "truncated.png"), "auto"], "The image file is truncated or corrupt."),
         ("/explore", ["plain words", None, "audio"], "The audio file is corrupt, truncated"),
-        ("/explore", ["plain words", None, "video"], "video"),
+        ("/explore", ["plain words", None, "video"], "Read it as: one of auto, text, image, audio, bytes, not 'video'."),
+        ("/explore", ["plain words", None, "auto", "emoji"], "Checkpoint: there is no text checkpoint called 'emoji'"),
     ]
 
 
@@ -177,16 +233,23 @@ def test_uploads_are_capped(client, app_url, bad_files):
     still_serves(client)
 
 
-def test_python_m_app_serves_the_checkpoints_it_is_given(tiny_checkpoints, free_port):
+def test_python_m_app_serves_and_logs_one_line_per_refused_request(tiny_checkpoints, free_port):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "app", "--checkpoints", str(tiny_checkpoints), "--port", str(port)],
-                              cwd=service.ROOT, stdout=subprocess.PIPE, text=True)
+                              cwd=service.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().startswith(f"MegaByte studio: http://127.0.0.1:{port}/")
-        still_serves(Client(f"http://127.0.0.1:{port}/", verbose=False))
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        for seed, samples in (("abc", 2), (0, 1000)):
+            with pytest.raises(AppError):
+                client.predict(handle_file(PHOTO), 16, samples, 1.0, 0, seed, api_name="/complete_image")
+        still_serves(client)
     finally:
         server.terminate()
-        server.wait()
+        _, log = server.communicate()
+    refused = [line for line in log.splitlines() if "refused" in line]
+    assert len(refused) == 2 and "Traceback" not in log, log
+    assert "/complete_image: Seed:" in refused[0] and "/complete_image: Samples: at most 8." in refused[1]
 
 
 def test_help_names_the_defaults():
@@ -212,3 +275,20 @@ def test_each_character_is_coloured_by_the_bits_of_all_its_bytes():
     labels = [html.unescape(c) for c in re.findall(r'<span [^>]*title="[^"]*">(.*?)</span>', page, re.S)]
     assert titles == ["1.0", "9.0", "20.0"] and labels == ["a", "☃", "\ufffd"]
     assert page.count("#800026") == 2  # 20 bits: the darkest colour, as in the legend
+
+
+def test_the_patch_means_are_not_hidden_under_the_bytes():
+    surprisal = np.random.default_rng(0).gamma(2, 2, 2000).astype(np.float32)
+    chart = np.asarray(views.patch_chart(surprisal, 8))
+    r, g, b = (chart[..., i].astype(int) for i in range(3))
+    red = (r > 150) & (g < 130) & (b < 130)
+    grey = (abs(r - g) < 8) & (abs(g - b) < 8) & (r > 150) & (r < 225)
+    assert red.sum() > grey.sum()  # the per-patch bars show more than the faint bytes behind them (a line did not)
+
+
+def test_the_position_chart_has_a_bar_per_position_inside_the_patch():
+    surprisal = np.tile(np.arange(8, dtype=np.float32), 50)  # position i always costs i bits
+    chart = np.asarray(views.position_chart(surprisal, 8))
+    red_columns = ((chart[..., 0] > 150) & (chart[..., 1] < 130)).any(axis=0)
+    bars = np.count_nonzero(np.diff(red_columns.astype(int)) == 1)
+    assert bars == 7  # position 0 costs nothing here, so it draws no bar

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import adapters
 from app import service
 
 pytestmark = pytest.mark.browser
@@ -69,8 +70,26 @@ def wait_for_text(page, elem_id: str, text: str):
 
 
 
-def test_complete_an_image(page, outside_requests, screenshots):
+def toast(page, text: str):
+    page.locator(".toast-body", has_text=text).first.wait_for()
+
+
+def uncovered(page, selector: str) -> list:
+    """For each element matching selector: whether every corner of it, 3 px in, shows the element
+    itself (no label, caption or button drawn over it)."""
+    return page.evaluate("""(selector) => [...document.querySelectorAll(selector)].map(el => {
+        const r = el.getBoundingClientRect();
+        return [[r.left + 3, r.top + 3], [r.right - 3, r.top + 3], [r.left + 3, r.bottom - 3], [r.right - 3, r.bottom - 3]]
+            .every(([x, y]) => document.elementFromPoint(x, y) === el);
+    })""", selector)
+
+
+def test_complete_an_image(page, outside_requests, screenshots, tiny_checkpoints):
     open_tab(page, "Image completion")
+    # The view opens on the emoji checkpoint when there is one (the tiny checkpoints have one).
+    served = os.environ.get("APP_CHECKPOINTS") or tiny_checkpoints
+    opened_on = adapters.checkpoints.description(service.default_checkpoint("image", served))
+    assert page.locator("#image-checkpoint input").input_value() == opened_on
     page.locator("#image-input input[type=file]").set_input_files(ASSETS / "images" / "chelsea.png")
     # Record every row count the summary shows, to see the completions stream in.
     page.evaluate("""() => {
@@ -89,8 +108,20 @@ def test_complete_an_image(page, outside_requests, screenshots):
         return images.every(img => img.complete && img.naturalWidth) && images.map(img => img.naturalWidth);
     }""", timeout=WAIT_MS).json_value()
     assert widths == [256] * 4  # four samples, shown 8 times the model's 32 pixels
+    assert uncovered(page, "#completions img") == [True] * 4  # no label or caption over the kept rows
+    gallery, first = (page.locator(selector).bounding_box() for selector in ("#completions", "#completions img"))
+    assert gallery["height"] < first["height"] + 80  # one row of samples, no empty area below
     page.screenshot(path=screenshots / "image.png", full_page=True)
     assert not outside_requests
+
+
+def test_a_corrupt_image_is_cleared_and_explained(page, tmp_path):
+    open_tab(page, "Image completion")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes((ASSETS / "images" / "chelsea.png").read_bytes()[:2000])
+    page.locator("#image-input input[type=file]").set_input_files(broken)
+    toast(page, "The image file is truncated or corrupt.")
+    page.wait_for_function("() => !document.querySelector('#image-input img')")  # no broken-image icon
 
 
 def test_continue_an_audio_clip(page, outside_requests, screenshots):
@@ -98,8 +129,12 @@ def test_continue_an_audio_clip(page, outside_requests, screenshots):
     page.locator("#audio-input input[type=file]").set_input_files(ASSETS / "audio" / "guit_em9.flac")
     set_slider(page, "prompt-seconds", 1)
     set_slider(page, "new-seconds", 0.25)
+    wait_for_text(page, "audio-estimate", "0.25 s is 2,000 bytes")  # said before it starts
     page.get_by_role("button", name="Continue").click()
-    wait_for_text(page, "audio-summary", "Continued by 0.25 s")
+    wait_for_text(page, "audio-summary", "Generated 0.25 of 0.25 s")
+    wait_for_text(page, "audio-estimate", "at the last measured")
+    for measure in ("Spectral flatness", "Similarity to the prompt's last second", "Loudness drift"):
+        wait_for_text(page, "audio-measures", measure)
     seconds = page.evaluate("""async () => {
         const wav = await fetch(document.querySelector('#continuation a[download]').href);
         const audio = await new OfflineAudioContext(1, 1, 8000).decodeAudioData(await wav.arrayBuffer());
@@ -113,6 +148,17 @@ def test_continue_an_audio_clip(page, outside_requests, screenshots):
     assert not outside_requests
 
 
+def test_stop_says_how_far_it_got(page):
+    open_tab(page, "Audio continuation")
+    set_slider(page, "new-seconds", 4)
+    page.get_by_role("button", name="Continue").click()
+    wait_for_text(page, "audio-summary", "of 4.00 s in")  # under way, its speed shown
+    assert "bytes/s" in page.locator("#audio-summary").inner_text()
+    page.get_by_role("button", name="Stop").click()
+    wait_for_text(page, "audio-summary", "Stopped after")
+    set_slider(page, "new-seconds", 0.25)
+
+
 def test_explore_a_text(page, outside_requests, screenshots):
     open_tab(page, "Surprisal explorer")
     text = (ASSETS / "text" / "sonnets.txt").read_text()[:600]
@@ -122,17 +168,44 @@ def test_explore_a_text(page, outside_requests, screenshots):
     spans.first.wait_for()
     assert spans.count() == len(text)
     assert "bits" in spans.first.get_attribute("title")
+    for example in page.locator("#explore-examples button").all():  # each example's name shown whole
+        assert example.evaluate("el => el.scrollWidth <= el.clientWidth && el.getBoundingClientRect().right <= "
+                                "el.closest('#explore-examples').getBoundingClientRect().right")
     page.screenshot(path=screenshots / "text.png", full_page=True)
     assert not outside_requests
 
 
+def test_the_byte_count_is_live_and_nothing_is_cut(page):
+    open_tab(page, "Surprisal explorer")
+    box = page.locator("#explore-text textarea")
+    box.fill("é" * 100)
+    wait_for_text(page, "explore-count", "200 of at most 20,000 bytes")
+    box.fill("x" * 25_000)
+    wait_for_text(page, "explore-count", "25,000 bytes: over the limit of 20,000.")
+    assert len(box.input_value()) == 25_000
+    page.get_by_role("button", name="Score").click()
+    toast(page, "The input is 25,000 bytes")
+    box.fill("é" * 10_001)
+    wait_for_text(page, "explore-count", "20,002 bytes: over the limit of 20,000.")
+
+
+def test_explore_an_image_shows_what_the_model_read(page):
+    open_tab(page, "Surprisal explorer")
+    page.locator("#explore-text textarea").fill("")
+    page.get_by_role("button", name="a photo (chelsea.png)").click()
+    page.get_by_role("button", name="Score").click()
+    wait_for_text(page, "explore-summary", "became 3,072 bytes")
+    assert page.locator("#surprisal img.scored-image").evaluate("img => img.complete && img.naturalWidth") == 256
+
+
 def test_bad_input_shows_one_sentence_in_the_page(page):
     open_tab(page, "Surprisal explorer")
-    page.get_by_role("radio", name="audio").check()
+    page.get_by_role("button", name="Python code").click()  # no file left from before
     page.locator("#explore-text textarea").fill("plain words are no audio clip")
+    page.locator("#explore-text").scroll_into_view_if_needed()
+    page.get_by_role("radio", name="audio").check()
     page.get_by_role("button", name="Score").click()
-    toast = page.locator(".toast-body", has_text="The audio file is corrupt, truncated or in an unsupported format.")
-    toast.wait_for()
+    toast(page, "The audio file is corrupt, truncated or in an unsupported format.")
     page.get_by_role("radio", name="auto").check()
     page.get_by_role("button", name="Score").click()  # and the app goes on serving
     wait_for_text(page, "explore-summary", "Scored 29 bytes as text")
