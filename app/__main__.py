@@ -29,7 +29,7 @@ def main(argv=None) -> int:
 
     from app import service, ui  # imported here so that --help does not wait for Gradio and torch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # one line per refusal
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")  # warnings: one line per refused request
 
     demo = ui.build(args.checkpoints or service.CHECKPOINTS, compile_decoding=True)
     try:

@@ -36,7 +36,9 @@ ASSETS = service.ROOT / "assets"
 # Demo files: assets/<checkpoint name>/ when it holds files of the modality's kind (assets/emoji/*.png,
 # assets/melody/*.flac), else the modality's general folder.
 EXAMPLES = {"image": ("images", "*.png"), "audio": ("audio", "*.flac"), "text": ("text", "*.txt")}
-CONCURRENT_REQUESTS = 2  # model requests served at once; more wait in the queue
+# Generations served at once, and scorings beside them (separate, so that scoring a short text
+# never waits behind long generations); more of either wait in the queue.
+CONCURRENT_REQUESTS = 2
 MAX_QUEUE = 20
 SHOWN_IMAGE_SIDE = 256  # model-resolution images are enlarged to about this many pixels
 DEFAULT_IMAGE_SIZE = 32  # the rows slider's scale when no image checkpoint is there yet
@@ -417,8 +419,8 @@ STOPPED = """(summary) => {
 
 
 def wire(button, fn, inputs, outputs, api_name: str, stop, summary, progress_on=None):
-    """Runs fn on a click, queued with every other model request; Stop cancels it and says so."""
-    event = button.click(fn, inputs, outputs, api_name=api_name, concurrency_id="model",
+    """Runs fn on a click, queued with the other generations; Stop cancels it and says so."""
+    event = button.click(fn, inputs, outputs, api_name=api_name, concurrency_id="generate",
                          show_progress_on=progress_on)
     stop.click(None, summary, summary, js=STOPPED, cancels=[event], api_visibility="private")
     return event
@@ -535,7 +537,7 @@ def explorer_tab(studio: Studio):
             positions = plot("Mean surprisal by position inside the patch")
     text.change(None, text, count, js=BYTE_COUNT, api_visibility="private", queue=False, show_progress="hidden")
     go.click(studio.explore, [text, file, kind, checkpoint], [summary, page, chart, positions, table],
-             api_name="explore", concurrency_id="model")
+             api_name="explore", concurrency_id="score")
 
 
 def build(checkpoints=service.CHECKPOINTS, compile_decoding: bool = False) -> gr.Blocks:
@@ -546,8 +548,8 @@ def build(checkpoints=service.CHECKPOINTS, compile_decoding: bool = False) -> gr
         service.compile_in_background(checkpoints)
     with gr.Blocks(title="MegaByte studio", analytics_enabled=False) as demo:
         gr.Markdown("# MegaByte studio\nOne byte-level model per medium: it completes images, continues "
-                    "audio and shows how surprised it is by every byte. Requests run "
-                    f"{CONCURRENT_REQUESTS} at a time; the rest wait in a queue.")
+                    f"audio and shows how surprised it is by every byte. {CONCURRENT_REQUESTS} generations "
+                    f"and {CONCURRENT_REQUESTS} scorings run at a time; the rest wait in a queue.")
         with gr.Tab("Image completion"):
             image_tab(studio)
         with gr.Tab("Audio continuation"):

@@ -130,6 +130,18 @@ def test_stop_ends_a_generation_and_the_server_goes_on(client):
     assert len(sf.read(wav)[0]) == 4000 + 2000
 
 
+def test_scoring_does_not_wait_behind_generations(client):
+    long = [client.submit(handle_file(CLIP), 1.0, limits.MAX_CONTINUE_SECONDS, 1.0, 0, seed, api_name="/continue_audio")
+            for seed in (1, 2)]
+    while not all(job.outputs() for job in long):  # both generating: every generation slot is taken
+        assert not any(job.done() for job in long)
+        time.sleep(0.1)
+    summary, *_ = client.predict("quick", None, "auto", api_name="/explore")
+    assert summary.startswith("Scored 5 bytes") and not any(job.done() for job in long)
+    for job in long:
+        job.cancel()
+
+
 def test_explore_text_colours_every_character(client):
     text = 'naïve <b>bold</b> & "quotes" ☃\n\tend'
     summary, page, chart, positions, table = client.predict(text, None, "auto", api_name="/explore")
