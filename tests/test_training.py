@@ -186,3 +186,14 @@ def test_init_starts_from_shipped_weights_with_a_fresh_optimizer(tmp_path, data_
     wider = write_config(tmp_path, data_dir, "wider", **{"byte_dim = 16": "byte_dim = 8"})
     with pytest.raises(CheckpointError, match="do not fit this config's model"):
         train(load_run_config(wider), resume=False, argv=["test"], init=str(tmp_path / "first" / "checkpoint"))
+
+
+def test_a_run_resumes_in_another_precision(tmp_path, data_dir):
+    bf16 = write_config(tmp_path, data_dir, "mixed", **{'precision = "fp32"': 'precision = "bf16"',
+                                                         "max_steps = 30": "max_steps = 10"})
+    assert train(load_run_config(bf16), resume=False, argv=["test"])["precision"] == "bf16"
+    fp32 = write_config(tmp_path, data_dir, "mixed", **{"max_steps = 30": "max_steps = 20"})
+    trainer = train(load_run_config(fp32), resume=True, argv=["test"])
+    assert trainer["step"] == 20 and trainer["precision"] == "fp32"
+    steps = [step for step, _ in losses(tmp_path / "mixed")]
+    assert steps == list(range(1, 21))  # one log, no step lost or repeated
