@@ -451,7 +451,7 @@ def image_tab(studio: Studio):
             # The gallery's own label and captions would float over the kept rows: a heading instead.
             gr.Markdown("**Completions**, samples in order (magenta: not generated yet)")
             gallery = gr.Gallery(label="Completions", show_label=False, columns=4, height="auto", format="png",
-                                 interactive=False, allow_preview=False, elem_id="completions")
+                                 interactive=False, allow_preview=False, buttons=[], elem_id="completions")
             heat = plot("Where the model was surprised by the original")
             summary = gr.Markdown(label="Summary", elem_id="image-summary")
     checkpoint.change(studio.image_choice, checkpoint, [rows, examples], api_visibility="private")
