@@ -260,14 +260,14 @@ def compress(args):
 
 
 def decompress(args):
+    out = args.output or default_decompressed_path(args.file, service.decompressed_suffix(args.file))
+    refuse_to_replace(out, args.output)  # before the work, not after it
     with progress_bar(0, "decompressing") as bar:
         def advance(done: int, total: int):
             bar.total = total
             bar.update(done - bar.n)
 
         result = service.decompress(args.file, args.checkpoint, progress=advance)
-    out = args.output or default_decompressed_path(args.file, result.suffix)
-    refuse_to_replace(out, args.output)
     save(out, result.content)
     note = service.coding_note(result.layout)
     print(f"{args.file} -> {out}: {len(result.data):,} bytes as {result.layout.modality}"

@@ -265,14 +265,31 @@ def compress_file(source, modality: str, checkpoint: str | Path | None = None, a
     return compress_bytes(encode_file(source, layout), modality, checkpoint, adapt, progress)
 
 
-def decompress(source, checkpoint: str | Path | None = None, progress=None) -> Decompressed:
-    """A .mbz (path, bytes or file object) back to its bytes, and the file they make; the
-    checkpoint that coded it is found under checkpoints/ by its sha256 unless named."""
+SAVED_AS = {"image": ".png", "audio": ".wav"}  # what decompress writes for a medium coded in its layout
+
+
+def read_mbz_header(source) -> dict:
+    """The header of a .mbz (path, bytes or file object), checked to be one."""
     try:
         blob = read_source(source)
         if not is_mbz(blob):
             raise UserError("That is not a .mbz file: it does not start with the .mbz magic bytes.")
-        header = mbz.read_header(blob)
+        return mbz.read_header(blob)
+    except (mbz.CompressError, AdapterError) as e:
+        raise UserError(str(e)) from None
+
+
+def decompressed_suffix(source) -> str:
+    """The suffix of the file decompress will give: "" (the original name's), ".png" or ".wav"."""
+    return SAVED_AS.get(read_mbz_header(source)["layout"].get("modality"), "")
+
+
+def decompress(source, checkpoint: str | Path | None = None, progress=None) -> Decompressed:
+    """A .mbz (path, bytes or file object) back to its bytes, and the file they make; the
+    checkpoint that coded it is found under checkpoints/ by its sha256 unless named."""
+    header = read_mbz_header(source)
+    try:
+        blob = read_source(source)
         folder = checkpoint or _checkpoint_with(header["checkpoint_sha256"], header["checkpoint"])
         model, _ = load(folder)
         data, recorded = mbz.decompress(model, blob, checkpoint_sha256(folder), progress)
@@ -282,10 +299,10 @@ def decompress(source, checkpoint: str | Path | None = None, progress=None) -> D
     if layout.modality == "image":
         image = io.BytesIO()
         adapters.image.decode(data, layout).save(image, format="PNG")
-        return Decompressed(data, layout, image.getvalue(), ".png")
+        return Decompressed(data, layout, image.getvalue(), SAVED_AS["image"])
     if layout.modality == "audio":
         wav = adapters.audio.to_wav_bytes(adapters.audio.decode(data, layout), layout.sample_rate)
-        return Decompressed(data, layout, wav, ".wav")
+        return Decompressed(data, layout, wav, SAVED_AS["audio"])
     return Decompressed(data, layout, data, "")
 
 

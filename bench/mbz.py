@@ -2,7 +2,7 @@
 learning while reading (--adapt) gains.
 
     python -m bench.mbz                         # the assets, each with its modality's checkpoint
-    python -m bench.mbz --adapt FILE --modality text
+    python -m bench.mbz --adapt FILE --checkpoint checkpoints/text
 
 Times are CPU seconds of this process (one torch thread, as compression uses), so a machine
 busy with other work does not inflate them.
@@ -18,11 +18,14 @@ from pathlib import Path
 import torch
 
 import model.compress as mbz
-from app import service
-from model import score
+from adapters.checkpoints import encode_media, load_for
+from model import read_config, score
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-ASSET_MODALITIES = {"text": "text", "images": "image", "audio": "audio"}
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+# asset folder: (modality, the checkpoint that codes it)
+ASSET_CHECKPOINTS = {"text": ("text", "text"), "images": ("image", "image"), "emoji": ("image", "emoji"),
+                     "audio": ("audio", "audio"), "melody": ("audio", "melody")}
 
 
 def mbz_bytes(model, data: bytes, checkpoint_sha256: str = "", adapt: mbz.Adaptation | None = None) -> int:
@@ -63,12 +66,12 @@ def adaptation_gain(model, data: bytes, adapt: mbz.Adaptation = mbz.Adaptation()
 def asset_table() -> str:
     rows = ["| file | modality | coded bytes | model estimate | .mbz bytes | xz -9e bytes | .mbz / xz |",
             "|---|---|---|---|---|---|---|"]
-    for folder, modality in ASSET_MODALITIES.items():
-        checkpoint = service.default_checkpoint(modality)
-        model, layout = service.load_for(modality, checkpoint)
+    for folder, (modality, name) in ASSET_CHECKPOINTS.items():
+        checkpoint = ROOT / "checkpoints" / name
+        model, layout = load_for(modality, checkpoint)
         for path in sorted((ASSETS / folder).iterdir()):
-            data = service.encode_file(path, layout)
-            size = len(service.compress_bytes(data, modality, checkpoint))
+            data = encode_media(path, layout)
+            size = len(mbz.compress(model, data, mbz.checkpoint_sha256(checkpoint), layout.to_dict(), name))
             estimate = score(model, data).bits_per_byte * len(data) / 8
             xz = len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
             rows.append(f"| {path.name} | {modality} | {len(data):,} | {estimate:,.0f} | {size:,} | {xz:,} | "
@@ -79,16 +82,17 @@ def asset_table() -> str:
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.mbz", description=__doc__.split("\n")[0])
     parser.add_argument("--adapt", type=Path, metavar="FILE", help="measure --adapt's gain on FILE instead")
-    parser.add_argument("--modality", default="text", choices=service.MODALITIES)
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "text",
+                        help="the checkpoint that codes FILE (default: checkpoints/text)")
     parser.add_argument("--bytes", type=int, default=1 << 20, help="how much of FILE (default: 1 MiB)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.adapt is None:
         print(asset_table())
         return
-    model, layout = service.load_for(args.modality, service.default_checkpoint(args.modality))
-    data = service.encode_file(args.adapt, layout)[: args.bytes]
-    print(f"{args.adapt}: {len(data):,} bytes as {args.modality}", adaptation_gain(model, data))
+    model, layout = load_for(read_config(args.checkpoint)["layout"]["modality"], args.checkpoint)
+    data = encode_media(args.adapt, layout)[: args.bytes]
+    print(f"{args.adapt}: {len(data):,} bytes as {layout.modality}", adaptation_gain(model, data))
 
 
 if __name__ == "__main__":

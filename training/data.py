@@ -108,7 +108,7 @@ def _summary(manifest: dict, out: Path, seconds: float) -> str:
     for name, info in manifest["splits"].items():
         what = f"{info['files']:,} files"
         if "examples" in info:
-            what = f"{info['examples']:,} examples from {info['files']:,} photos"
+            what = f"{info['examples']:,} examples from {info['files']:,} files"
         elif "seconds" in info:
             what = f"{info['seconds'] / 60:.1f} min from {info['files']:,} files"
         parts.append(f"{name}: {info['bytes']:,} bytes ({what})")
