@@ -143,7 +143,12 @@ def main(argv=None):
                 print(f"No checkpoint at {folder}: skipping {name}.", file=sys.stderr)
                 continue
             model, layout = load_for("audio", folder)
-            chosen = clips(args.data / data_name, split, layout, args.clips)
+            try:
+                chosen = clips(args.data / data_name, split, layout, args.clips)
+            except BenchError as e:  # the other checkpoints can still be measured
+                print(f"{e} Skipping {name}.", file=sys.stderr)
+                used.append(f"- `{folder}`: not measured; {e}")
+                continue
             if not chosen:
                 raise BenchError(f"{args.data / data_name}/{split}.bin holds no clip of {PROMPT_SECONDS + CONTINUE_SECONDS:g} s.")
             used.append(f"- `{folder}` on {len(chosen)} {what} from `{args.data / data_name}/{split}.bin`.")
@@ -152,7 +157,8 @@ def main(argv=None):
     except (BenchError, CheckpointError, AdapterError) as e:
         sys.exit(f"bench.continuation: {e}")
     if not results:
-        sys.exit(f"bench.continuation: there is no melody or audio checkpoint in {args.checkpoints}.")
+        sys.exit(f"bench.continuation: no melody or audio checkpoint in {args.checkpoints} could be measured"
+                 + (f" ({used[-1][2:]})" if used else "."))
     minutes, rest = divmod(round(time.perf_counter() - clock), 60)
     command = " ".join(["python -m bench.continuation", *(argv if argv is not None else sys.argv[1:])])
     lines = ["# Audio continuation: does it continue the music?", "",
