@@ -181,7 +181,8 @@ def load_checkpoint(args, modality: str):
 
 def continue_prompt(model, prompt: bytes, new_bytes: int, args) -> list[bytes]:
     """The prompt followed by each sample's new bytes."""
-    how = service.sampling(args.temperature, args.top_k, args.top_p)
+    top_p = service.default_top_p(args.kind) if args.top_p is None else args.top_p
+    how = service.sampling(args.temperature, args.top_k, top_p)
     if args.compile:
         service.compile_now(model, (service.bucket_for(args.samples),))  # as the app does, in the foreground
     stream = service.continue_bytes(model, prompt, new_bytes, args.samples, how, args.seed)
@@ -352,8 +353,9 @@ def build_parser() -> Parser:
                                "(default: 1)")
     sampling.add_argument("--top-k", type=limits.TOP_K.argument, default=0, metavar="K",
                           help="draw among the K likeliest bytes, up to 256; 0 keeps all (default: 0)")
-    sampling.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                          help="draw among the likeliest bytes that together make up probability P (default: 1, all)")
+    sampling.add_argument("--top-p", type=float, default=None, metavar="P",
+                          help="draw among the likeliest bytes that together make up probability P "
+                               "(default: 0.9 for images and audio, 1 (all) for text)")
     sampling.add_argument("--samples", type=limits.SAMPLES.argument, default=1, metavar="N",
                           help=f"how many outputs, 1 to {limits.MAX_SAMPLES} (default: 1); several are written to OUT_1, OUT_2, ... "
                                "beside OUT (printed text comes one after another)")

@@ -66,6 +66,12 @@ def _load(folder: str):
     return model, Layout.from_dict(layout)
 
 
+def default_top_p(modality: str) -> float:
+    """Images and audio keep the top 90% of the probability (see adapters.image/audio.DEFAULT_TOP_P
+    for what that fixed); text and bytes draw from every byte."""
+    return {"image": adapters.image.DEFAULT_TOP_P, "audio": adapters.audio.DEFAULT_TOP_P}.get(modality, 1.0)
+
+
 def sampling(temperature: float, top_k: int, top_p: float = 1.0) -> Sampling:
     try:
         return Sampling(float(temperature), int(top_k), float(top_p))

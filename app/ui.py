@@ -81,9 +81,10 @@ def shown_in_page(endpoint: str):
         raise gr.Error(str(e), print_exception=False) from None
 
 
-def sampling_settings(temperature, top_k, seed):
-    """The sampling knobs, each checked against its control's range, and the seed."""
-    how = service.sampling(limits.TEMPERATURE.check(temperature), limits.TOP_K.check(top_k))
+def sampling_settings(temperature, top_k, seed, modality: str):
+    """The sampling knobs, each checked against its control's range, with the modality's top-p, and the seed."""
+    how = service.sampling(limits.TEMPERATURE.check(temperature), limits.TOP_K.check(top_k),
+                           service.default_top_p(modality))
     return how, limits.SEED.check(seed)
 
 
@@ -261,7 +262,7 @@ class Studio:
         """Streams (original, completions, heat map, summary); the completions grow a row at a time."""
         with shown_in_page("/complete_image"):
             samples = limits.SAMPLES.check(samples)
-            how, seed = sampling_settings(temperature, top_k, seed)
+            how, seed = sampling_settings(temperature, top_k, seed, "image")
             rows = self.rows_range(checkpoint).check(rows)
             path = required(image, "an image")
             with self.model("image", checkpoint) as (model, layout, _):
@@ -307,7 +308,7 @@ class Studio:
         with shown_in_page("/continue_audio"):
             prompt_seconds = limits.PROMPT_SECONDS.check(prompt_seconds)
             new_seconds = limits.CONTINUE_SECONDS.check(new_seconds)
-            how, seed = sampling_settings(temperature, top_k, seed)
+            how, seed = sampling_settings(temperature, top_k, seed, "audio")
             path = required(audio, "a clip")
             with self.model("audio", checkpoint) as (model, layout, folder):
                 yield from self.stream_continuation(model, layout, folder, path, prompt_seconds, new_seconds,

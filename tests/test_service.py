@@ -27,8 +27,8 @@ def test_background_compile_takes_audio_at_batch_1_and_images_at_every_bucket(ti
     compiled = []
     monkeypatch.setattr(service, "compile_now", lambda model, buckets: compiled.append((model, buckets)))
     service.compile_in_background(tiny_checkpoints).join()
-    audio, image = (service.load(tiny_checkpoints / name)[0] for name in ("audio", "image"))
-    assert compiled == [(audio, (1,)), (image, (1,)), (image, (2,)), (image, (4,)), (image, (8,))]
+    audio, emoji, image = (service.load(tiny_checkpoints / name)[0] for name in ("audio", "emoji", "image"))
+    assert compiled == [(audio, (1,)), *((model, (bucket,)) for bucket in (1, 2, 4, 8) for model in (emoji, image))]
 
 
 @pytest.mark.slow
