@@ -49,6 +49,9 @@ TAIL_SECONDS = 1.0  # the continuation is measured against this much of the prom
 
 log = logging.getLogger("app")
 
+# The gallery is as tall as its rows of samples: Gradio would keep it tall and empty below them.
+CSS = "#completions, #completions .grid-wrap { height: auto !important; min-height: 0 !important; }"
+
 # System fonts only: the default theme would fetch its fonts from Google.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
@@ -229,9 +232,10 @@ class Studio:
     def audio_choice(self, name: str, new_seconds):
         return gr.Dataset(samples=[[path] for path in example_files(name, "audio")]), self.estimate(new_seconds, name)
 
-    def check_image_upload(self, path, name: str):
+    def check_image_upload(self, upload: dict | None, name: str):
         """Clears an upload that is no image the adapter can read, and says why, instead of
-        leaving a broken-image icon in the box."""
+        leaving a broken-image icon in the box. Gets the raw upload (a dict with its path)."""
+        path = (upload or {}).get("path")
         layout = self.layout("image", name)
         if path and layout:
             try:
@@ -456,7 +460,8 @@ def image_tab(studio: Studio):
             heat = plot("Where the model was surprised by the original")
             summary = gr.Markdown(label="Summary", elem_id="image-summary")
     checkpoint.change(studio.image_choice, checkpoint, [rows, examples], api_visibility="private")
-    image.upload(studio.check_image_upload, [image, checkpoint], image, api_visibility="private")
+    # preprocess=False: Gradio's own image preprocessing would fail on a corrupt file before the check
+    image.upload(studio.check_image_upload, [image, checkpoint], image, api_visibility="private", preprocess=False)
     wire(go, studio.complete_image, [image, rows, samples, temperature, top_k, seed, checkpoint],
          [original, gallery, heat, summary], "complete_image", stop, summary)
 
@@ -566,6 +571,6 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, threads: 
     torch.set_num_threads(threads)  # one byte at a time: more threads mostly wait on each other
     demo.queue(default_concurrency_limit=CONCURRENT_REQUESTS, max_size=MAX_QUEUE)
     _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=f"{MAX_UPLOAD_MB}mb",
-                            theme=THEME, ssr_mode=False, prevent_thread_lock=True, quiet=True,
+                            theme=THEME, css=CSS, ssr_mode=False, prevent_thread_lock=True, quiet=True,
                             allowed_paths=[str(ASSETS)])  # the examples the checkpoint choice swaps in
     return url

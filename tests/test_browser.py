@@ -109,7 +109,7 @@ def test_complete_an_image(page, outside_requests, screenshots, tiny_checkpoints
     }""", timeout=WAIT_MS).json_value()
     assert widths == [256] * 4  # four samples, shown 8 times the model's 32 pixels
     assert uncovered(page, "#completions img") == [True] * 4  # no label or caption over the kept rows
-    gallery, first = (page.locator(selector).bounding_box() for selector in ("#completions", "#completions img"))
+    gallery, first = (page.locator(selector).first.bounding_box() for selector in ("#completions", "#completions img"))
     assert gallery["height"] < first["height"] + 80  # one row of samples, no empty area below
     page.screenshot(path=screenshots / "image.png", full_page=True)
     assert not outside_requests
