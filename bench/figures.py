@@ -59,7 +59,7 @@ def image_completions(model, layout: Layout, paths: list[Path], what: str, out: 
             row[0].set_ylabel(path.stem)
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=10)
-    fig.suptitle(f"The model completes held-out {layout.image_size}x{layout.image_size} {what} "
+    fig.suptitle(f"The model completes held-out {layout.image_size}x{layout.image_size} {what}\n"
                  f"(temperature {sampling.temperature:g}, top-p {sampling.top_p:g}, seed {seed})")
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -122,6 +122,7 @@ def test_a_corrupt_image_is_cleared_and_explained(page, tmp_path):
     page.locator("#image-input input[type=file]").set_input_files(broken)
     toast(page, "The image file is truncated or corrupt.")
     page.wait_for_function("() => !document.querySelector('#image-input img')")  # no broken-image icon
+    page.locator(".toast-body").first.wait_for(state="detached")  # gone by itself, not over later screenshots
 
 
 def test_continue_an_audio_clip(page, outside_requests, screenshots):
