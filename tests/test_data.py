@@ -216,7 +216,8 @@ def test_long_files_become_sections_cut_at_blank_lines_and_prose_is_capped_at_a_
 
 
 def test_emoji_split_is_by_emoji_and_skin_tones_are_left_out():
-    from training.recipes.emoji import has_skin_tone, split_of
+    from training.recipes.common import hashed_split as split_of
+    from training.recipes.emoji import has_skin_tone
     assert has_skin_tone(Path("1f44d-1f3fb.png")) and has_skin_tone(Path("1F469-1F3FD-200D-1F4BB.svg"))
     assert not has_skin_tone(Path("1f44d.png"))
     splits = [split_of(f"{code:x}", seed=0) for code in range(0x1f300, 0x1f700)]

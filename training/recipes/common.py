@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -273,6 +274,18 @@ def choose_validation(names: Sequence[str], *, seed: int, source: str,
     rng = random.Random(f"{seed}:{source}:validation")
     picks = set(rng.sample(rest, min(want, len(rest))))
     return picks | forced_set
+
+
+HELD_OUT = {"val": 0.05, "test": 0.05}  # fractions held out by hashed_split
+
+
+def hashed_split(key: str, seed: int) -> str:
+    """"train", "val" or "test" from a seeded hash of the key alone (an emoji's code points, a
+    tune's id), so everything that shares the key shares the split."""
+    u = zlib.crc32(f"{seed}:{key}".encode()) / 2**32
+    if u < HELD_OUT["test"]:
+        return "test"
+    return "val" if u < HELD_OUT["test"] + HELD_OUT["val"] else "train"
 
 
 def seeded_shuffle(items: Sequence, seed: int, salt: str) -> list:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import time
-import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -24,11 +23,10 @@ from PIL import Image
 from adapters import Layout
 from adapters import image as image_adapter
 
-from .common import DEFAULT_DOWNLOADS, CacheWriter, DataError, npm_unpack, seeded_shuffle
+from .common import DEFAULT_DOWNLOADS, HELD_OUT, CacheWriter, DataError, hashed_split, npm_unpack, seeded_shuffle
 
 LAYOUT = Layout(modality="image", image_size=32, image_order="raster")
 SKIN_TONES = ("1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff")
-HELD_OUT = {"val": 0.05, "test": 0.05}      # fractions of the emoji (by code point sequence)
 OUTSIDE_IMAGES = 400
 TINY_PER_SOURCE = 60
 
@@ -44,14 +42,6 @@ OUTSIDE = {"name": "openmoji", "spec": "openmoji@17.0.0", "folder": "color/svg",
 
 def has_skin_tone(path: Path) -> bool:
     return any(tone in path.stem.lower().split("-") for tone in SKIN_TONES)
-
-
-def split_of(code: str, seed: int) -> str:
-    """The split of an emoji, from a seeded hash of its code point sequence alone."""
-    u = zlib.crc32(f"{seed}:{code}".encode()) / 2**32
-    if u < HELD_OUT["test"]:
-        return "test"
-    return "val" if u < HELD_OUT["test"] + HELD_OUT["val"] else "train"
 
 
 def emoji_bytes(source, flip: bool = False) -> bytes:
@@ -95,7 +85,7 @@ def build_emoji(out: Path | str = "data/emoji", *, tiny: bool = False, seed: int
     examples = {"train": [], "val": [], "test": [], "outside": []}
     table = {split: [] for split in examples}
     for name, path in files:
-        split = split_of(path.stem.lower(), seed)
+        split = hashed_split(path.stem.lower(), seed)
         examples[split].append(emoji_bytes(path))
         if split == "train":
             examples[split].append(emoji_bytes(path, flip=True))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import tempfile
 import time
-import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +23,7 @@ import numpy as np
 from adapters import Layout
 from adapters import audio as audio_adapter
 
-from .common import DEFAULT_DOWNLOADS, CacheWriter, DataError, apt_install, run_tool, seeded_shuffle
+from .common import DEFAULT_DOWNLOADS, HELD_OUT, CacheWriter, DataError, hashed_split, apt_install, run_tool, seeded_shuffle
 
 LAYOUT = Layout(modality="audio", sample_rate=8000)
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
@@ -33,7 +32,6 @@ INSTRUMENTS = {"piano": 0, "organ": 16, "guitar": 24, "violin": 40, "clarinet": 
                "ocarina": 79, "square lead": 80}
 TUNES = 480
 TINY_TUNES = 8
-HELD_OUT = {"val": 0.05, "test": 0.05}
 MAX_SECONDS = 30.0
 PEAK = 0.7
 SILENCE = 1e-3
@@ -54,13 +52,6 @@ def tune_texts(collection_dir: Path) -> list[tuple[str, str]]:
             if number:
                 tunes.append((f"{collection_dir.name}/{path.stem}#{number.group(1)}", part))
     return tunes
-
-
-def split_of(tune_id: str, seed: int) -> str:
-    u = zlib.crc32(f"{seed}:{tune_id}".encode()) / 2**32
-    if u < HELD_OUT["test"]:
-        return "test"
-    return "val" if u < HELD_OUT["test"] + HELD_OUT["val"] else "train"
 
 
 def playable(abc: str, transpose: int, bpm: float, program: int):
@@ -143,7 +134,7 @@ def build_melody(out: Path | str = "data/melody", *, tiny: bool = False, seed: i
             if samples is None:
                 continue
             done = sum(len(r) for r in rows.values())
-            split = ("train", "train", "val", "test")[done % 4] if tiny else split_of(tune_id, seed)
+            split = ("train", "train", "val", "test")[done % 4] if tiny else hashed_split(tune_id, seed)
             data = audio_adapter.encode(samples, LAYOUT)
             chunks[split].append(data)
             rows[split].append({"tune": tune_id, "instrument": name, "program": INSTRUMENTS[name],
