@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import model.hardware
 from model import ConfigError, load_checkpoint
 from model.checkpoint import CheckpointError
 from training.config import load_run_config
-from training.train import train
+from training.train import train, with_input_noise
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,6 +127,7 @@ def test_two_process_ddp_follows_the_single_process_curve(tmp_path, data_dir):
     ({"global_heads = 2": "global_heads = 3"}, "does not divide"),
     ({"kind = ": "kind = \"rnn\"\n#"}, "unknown model kind"),
     ({"[model]": "[model"}, "not valid TOML"),
+    ({"precision = ": "input_noise = 1.5\nprecision = "}, "input_noise must be"),
 ])
 def test_a_malformed_config_gives_one_sentence(tmp_path, data_dir, replace, words):
     path = write_config(tmp_path, data_dir, "bad", **replace)
@@ -197,3 +199,21 @@ def test_a_run_resumes_in_another_precision(tmp_path, data_dir):
     assert trainer["step"] == 20 and trainer["precision"] == "fp32"
     steps = [step for step, _ in losses(tmp_path / "mixed")]
     assert steps == list(range(1, 21))  # one log, no step lost or repeated
+
+
+def test_input_noise_replaces_a_share_of_bytes_the_same_way_each_time():
+    x = torch.full((8, 4096), 7)
+    noisy = with_input_noise(x, 0.03, seed=0, step=5)
+    changed = (noisy != x).float().mean().item()
+    assert 0.02 < changed < 0.04  # 3% asked; a replaced byte is 7 again 1 time in 256
+    assert torch.equal(noisy, with_input_noise(x, 0.03, seed=0, step=5))  # a resumed run sees the same
+    assert not torch.equal(noisy, with_input_noise(x, 0.03, seed=0, step=6))
+    assert with_input_noise(x, 0.0, seed=0, step=5) is x
+
+
+def test_a_run_with_input_noise_still_learns(tmp_path, data_dir):
+    path = write_config(tmp_path, data_dir, "noisy", **{"precision = ": "input_noise = 0.05\nprecision = "})
+    cfg = load_run_config(path)
+    train(cfg, resume=False, argv=[])
+    rows = losses(tmp_path / "noisy")
+    assert rows[-1][1] < rows[0][1] - 1.0

@@ -38,6 +38,8 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_minutes: float = 5.0
     checkpoint_steps: int = 0     # also checkpoint every this many steps (0: by time only)
+    input_noise: float = 0.0      # share of input bytes replaced by random ones, targets kept: a model
+                                  # that learns to read past wrong bytes recovers from its own bad samples
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ def load_run_config(path) -> RunConfig:
         raise ConfigError("[train] warmup_steps must be smaller than max_steps.")
     if not 0 < train.min_lr <= train.lr:
         raise ConfigError("[train] min_lr must be positive and at most lr.")
+    if not 0 <= train.input_noise < 1:
+        raise ConfigError("[train] input_noise must be at least 0 and below 1.")
     layout = raw.get("layout", {"modality": "bytes"})
     if not isinstance(layout, dict) or "modality" not in layout:
         raise ConfigError("[layout] must be a table with a modality.")

@@ -47,6 +47,16 @@ def windows(data: np.ndarray, offsets, seq_len: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([data[o : o + seq_len] for o in offsets]).astype(np.int64))
 
 
+def with_input_noise(x: torch.Tensor, share: float, seed: int, step: int) -> torch.Tensor:
+    """x with a share of its bytes replaced by random ones; a function of (seed, step) alone."""
+    if not share:
+        return x
+    rng = np.random.default_rng([seed, step, 1])
+    noisy = torch.from_numpy(rng.random(x.shape) < share)
+    random_bytes = torch.from_numpy(rng.integers(0, 256, size=x.shape))
+    return torch.where(noisy, random_bytes, x.cpu()).to(x.device)
+
+
 def learning_rate(step: int, t) -> float:
     """Linear warmup, then cosine decay from lr to min_lr at max_steps."""
     if step < t.warmup_steps:
@@ -262,7 +272,7 @@ def train(cfg: RunConfig, resume: bool, argv: list[str], init: str | None = None
         offsets = batch_offsets(len(train_data), t.seq_len, cfg.data.align, t.batch_size, t.seed, step)
         x = windows(train_data, offsets[rank * local_batch : (rank + 1) * local_batch], t.seq_len).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = step_model(x)
+            logits = step_model(with_input_noise(x, t.input_noise, t.seed + rank, step))
         loss = next_byte_loss(logits, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
