@@ -283,3 +283,16 @@ def test_compiled_decoding_gives_the_same_bytes(config):
     greedy = Sampling(temperature=0)
     assert (generate(other, b"compile me", 40, 2, greedy, patch_step=other_step)
             == generate(other, b"compile me", 40, 2, greedy))
+
+
+def test_the_entropy_patcher_cuts_where_entropy_is_high_or_jumps():
+    from model.patches import entropy_boundaries, patch_sizes, threshold_for_mean_size
+    entropy = np.array([5.0, 1.0, 0.5, 4.0, 3.9, 0.2, 0.3, 2.5])
+    assert entropy_boundaries(entropy, threshold=3.0).tolist() == [0, 3, 4]
+    assert entropy_boundaries(entropy, jump=2.0).tolist() == [0, 3, 7]
+    assert entropy_boundaries(entropy, threshold=3.0, jump=2.0).tolist() == [0, 3, 4, 7]
+    assert patch_sizes(np.array([0, 3, 4, 7]), 8).tolist() == [3, 1, 3, 1]
+    assert entropy_boundaries(np.zeros(0), threshold=1.0).tolist() == []
+    noise = np.random.default_rng(0).random(80_000) * 8
+    boundaries = entropy_boundaries(noise, threshold=threshold_for_mean_size(noise, 8))
+    assert 7.5 < patch_sizes(boundaries, len(noise)).mean() < 8.5
