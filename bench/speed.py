@@ -6,7 +6,7 @@ baseline (fp32/bf16, eager/compiled); generation bytes/s at batch 1 and 8 (MegaB
 eager and compiled, through the app's service, flat cached, MegaByte recomputing the whole
 sequence for every byte, what MegaByte's Linear calls alone reach, and the ceiling that
 memory bandwidth and the matmul peak set); scoring 1 MB and 2 MB (seconds, peak memory),
-today's fp32 path beside the fast one. `--json` prints the headline figures as one JSON
+today's fp32 path beside the fast one; compressing 1 MB to a .mbz and back. `--json` prints the headline figures as one JSON
 object on the last line.
 """
 
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from app import service
+import model.compress as mbz
 from model import (FlatConfig, MegaByteConfig, Sampling, build_model, compile_decoding,
                    generate, next_byte_loss)
 from model.hardware import bf16_faster, decoding_dtype, machine_description, matmul_gflops
@@ -178,27 +179,45 @@ def recompute_speed(model, samples: int, new_bytes: int) -> float:
 
 SCORE_CHILD = """
 import json, re, sys, time, torch
-from model import build_model, config_from_dict, score
+from model import build_model, compile_scoring, config_from_dict, score
 torch.set_num_threads(int(sys.argv[4]))
 torch.manual_seed(0)
 model = build_model(config_from_dict(json.loads(sys.argv[1]))).eval()
 data = open(sys.argv[2], "rb").read()[: int(sys.argv[3])]
+batch, bf16, compiled = int(sys.argv[5]), sys.argv[6] == "bf16", None
 start = time.perf_counter()
-score(model, data, batch=int(sys.argv[5]), bf16=sys.argv[6] == "bf16")
+if sys.argv[7] == "compiled":  # compiled once, as the app does at start-up: its first batches compile it
+    compiled = compile_scoring(model, torch.bfloat16 if bf16 else torch.float32)
+    # two full batches: the first window predicts from byte 0, later ones from mid-window
+    score(model, data[: (2 * batch + 1) * model.context // 2], batch=batch, bf16=bf16, compiled=compiled)
+compile_seconds = time.perf_counter() - start
+start = time.perf_counter()
+score(model, data, batch=batch, bf16=bf16, compiled=compiled)
 seconds = time.perf_counter() - start
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
 peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024}))
+print(json.dumps({"seconds": seconds, "compile_seconds": compile_seconds, "peak_mb": peak_kb / 1024}))
 """
 
 
-def scoring_cost(config, path: Path, n_bytes: int, batch: int, precision: str) -> dict:
+def scoring_cost(config, path: Path, n_bytes: int, batch: int, precision: str, compiled: bool) -> dict:
     """Seconds and peak resident memory of scoring n_bytes, `batch` windows at a time, in a
-    fresh process on as many threads as this one."""
+    fresh process on as many threads as this one; `compiled`: after compiling (timed apart)."""
     command = [sys.executable, "-c", SCORE_CHILD, json.dumps(config.to_dict()), str(path), str(n_bytes),
-               str(torch.get_num_threads()), str(batch), precision]
+               str(torch.get_num_threads()), str(batch), precision, "compiled" if compiled else "eager"]
     out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def coding_speed(model, data: bytes) -> dict[str, float]:
+    """Seconds to compress `data` to a .mbz and to decompress it (checked to give it back)."""
+    start = time.perf_counter()
+    blob = mbz.compress(model, data, "", {"modality": "bytes"})
+    middle = time.perf_counter()
+    decoded, _ = mbz.decompress(model, blob, "")
+    end = time.perf_counter()
+    assert decoded == data, "decompress did not give the input back"
+    return {"compress_seconds": middle - start, "decompress_seconds": end - middle}
 
 
 def real_bytes(n: int, path: Path) -> Path:
@@ -313,22 +332,39 @@ def main(argv=None):
     sizes = (50_000, 100_000) if quick else (1_000_000, 2_000_000)
     data = real_bytes(sizes[-1], Path("/tmp/megabyte_bench_bytes.bin"))
     fast_precision = "bf16" if bf16_faster() else "fp32"
+    compiled = not args.no_compile
+    fast = (f"`score(..., batch={SCORE_BATCH}, bf16=bf16_faster(), compiled=compile_scoring(model, dtype))`: "
+            f"{fast_precision} weights{', compiled' if compiled else ''} (the compile, timed apart, is done once "
+            "per process, as the app does it at start-up)")
     lines += ["\n## Scoring (windows of the 2048-byte context, stride 1024), real Python source\n",
               f"Today's path, `score(model, data)`: fp32, {SCORE_BATCH_BEFORE} windows a pass (exact, as lossless "
-              f"compression needs it). The fast path: `score(..., batch={SCORE_BATCH}, bf16=bf16_faster())`, "
-              f"{fast_precision} here.\n",
-              "| path | bytes | seconds | peak memory (MB) | bytes/s |", "|---|---|---|---|---|"]
+              f"compression needs it). The fast path, as the explorer scores: {fast}.\n",
+              "| path | bytes | seconds | compile seconds | peak memory (MB) | bytes/s |", "|---|---|---|---|---|---|"]
     for n in sizes:  # the two paths side by side, 1 MB first
-        for label, batch_windows, precision in (("before", SCORE_BATCH_BEFORE, "fp32"),
-                                                ("fast", SCORE_BATCH, fast_precision)):
-            cost = min((scoring_cost(MEGABYTE, data, n, batch_windows, precision) for _ in range(1 if quick else 2)),
-                       key=lambda c: c["seconds"])
-            lines.append(f"| {label}, {precision}, {batch_windows} windows | {n:,} | {cost['seconds']:.1f} | "
-                         f"{cost['peak_mb']:.0f} | {n / cost['seconds']:,.0f} |")
+        for label, batch_windows, precision, compile_it in (("before", SCORE_BATCH_BEFORE, "fp32", False),
+                                                            ("fast", SCORE_BATCH, fast_precision, compiled)):
+            cost = min((scoring_cost(MEGABYTE, data, n, batch_windows, precision, compile_it)
+                        for _ in range(1 if quick else 2)), key=lambda c: c["seconds"])
+            lines.append(f"| {label}, {precision}, {batch_windows} windows{', compiled' if compile_it else ''} | "
+                         f"{n:,} | {cost['seconds']:.1f} | {cost['compile_seconds']:.1f} | {cost['peak_mb']:.0f} | "
+                         f"{n / cost['seconds']:,.0f} |")
             print(lines[-1], flush=True)
             if n == sizes[0]:
                 summary["score_1mb_seconds" if label == "fast" else "score_1mb_seconds_before"] = round(cost["seconds"], 2)
+    lines.append(f"\nThe fast path scores 1 MB {summary['score_1mb_seconds_before'] / summary['score_1mb_seconds']:.2f}× "
+                 "as fast as today's.")
     summary["score_precision"] = fast_precision
+    save()
+
+    coded = coding_speed(megabyte, data.read_bytes()[: sizes[0]])
+    lines += ["\n## Lossless compression (`model.compress`: fp32, one thread, as `.mbz` files are made)\n",
+              "| | bytes | seconds | bytes/s | against scoring today | against the fast path |", "|---|---|---|---|---|---|"]
+    for key in ("compress", "decompress"):
+        seconds = coded[f"{key}_seconds"]
+        summary[f"{key}_bytes_per_s"] = round(sizes[0] / seconds)
+        lines.append(f"| {key} | {sizes[0]:,} | {seconds:.1f} | {sizes[0] / seconds:,.0f} | "
+                     f"{seconds / summary['score_1mb_seconds_before']:.2f}× | {seconds / summary['score_1mb_seconds']:.2f}× |")
+        print(lines[-1], flush=True)
     save()
     print(f"wrote {out}")
     if args.json:

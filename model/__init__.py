@@ -5,10 +5,10 @@ from .config import ConfigError, FlatConfig, MegaByteConfig, config_from_dict
 from .generate import generate, generate_stream
 from .sampling import Sampling
 from .megabyte import FlatTransformer, MegaByte, build_model, compile_decoding, next_byte_loss
-from .score import Scores, score
+from .score import Scores, compile_scoring, score
 
 __all__ = [
     "CheckpointError", "ConfigError", "FlatConfig", "FlatTransformer", "MegaByte",
-    "MegaByteConfig", "Sampling", "Scores", "build_model", "compile_decoding", "config_from_dict", "generate",
+    "MegaByteConfig", "Sampling", "Scores", "build_model", "compile_decoding", "compile_scoring", "config_from_dict", "generate",
     "generate_stream", "load_checkpoint", "next_byte_loss", "read_config", "save_checkpoint", "score",
 ]

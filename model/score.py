@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,14 @@ def window_plan(n: int, window: int) -> list[tuple[int, int, int]]:
     return plan
 
 
+def compile_scoring(model, dtype: torch.dtype = torch.float32) -> Callable:
+    """`model` with its weights in `dtype`, compiled for score(..., compiled=...), which gives
+    it only full batches of whole windows (one shape, so one graph per predict_from) and runs
+    the rest eagerly. Inductor fuses what eager runs as separate passes (GELU, norms,
+    attention's softmax); bf16 weights save autocast's casts where bf16 is faster."""
+    return torch.compile(model if dtype == torch.float32 else copy.deepcopy(model).to(dtype), dynamic=False)
+
+
 @torch.no_grad()
 def score(
     model,
@@ -52,8 +61,10 @@ def score(
     top: int = 0,
     bf16: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    compiled: Callable | None = None,
 ) -> Scores:
-    """Scores every byte of `data`; memory grows with batch·window, not with the input."""
+    """Scores every byte of `data`; memory grows with batch·window, not with the input.
+    `compiled` (from compile_scoring(model)) runs the batches of `batch` whole windows."""
     p = model.patch_size
     window = window or model.context
     if window % (2 * p) or window > model.context:
@@ -78,8 +89,9 @@ def score(
         rows = rows.to(device)
         # the bytes before the first scored one are context only: no predictions for them
         skip = min(first - start for start, first, _ in group)
+        forward = compiled if compiled is not None and rows.shape == (batch, window) else model
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(rows, predict_from=skip)
+            logits = forward(rows, predict_from=skip)
         logp = logits.float().log_softmax(-1)
         bits = (-logp.gather(-1, rows[:, skip:, None])[..., 0] / math.log(2)).cpu().numpy()
         ent = (-(logp.exp() * logp).sum(-1) / math.log(2)).cpu().numpy()

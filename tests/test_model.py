@@ -296,3 +296,22 @@ def test_the_entropy_patcher_cuts_where_entropy_is_high_or_jumps():
     noise = np.random.default_rng(0).random(80_000) * 8
     boundaries = entropy_boundaries(noise, threshold=threshold_for_mean_size(noise, 8))
     assert 7.5 < patch_sizes(boundaries, len(noise)).mean() < 8.5
+
+
+def test_score_gives_the_compiled_forward_only_full_batches_of_whole_windows():
+    model = tiny()
+    shapes = []
+
+    def compiled(rows, predict_from):
+        shapes.append(tuple(rows.shape))
+        return model(rows, predict_from=predict_from)
+
+    data = bytes(np.random.default_rng(1).integers(0, 256, 700, dtype=np.uint8))
+    plain = score(model, data, batch=4)
+    routed = score(model, data, batch=4, compiled=compiled)
+    assert shapes and set(shapes) == {(4, 64)}
+    assert len(window_plan(len(data), 64)) > 4 * len(shapes)  # a partial batch went eagerly
+    np.testing.assert_array_equal(routed.surprisal, plain.surprisal)
+    calls = len(shapes)
+    score(model, data[:40], batch=4, compiled=compiled)  # shorter than a window: eager
+    assert len(shapes) == calls
