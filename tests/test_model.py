@@ -315,3 +315,16 @@ def test_score_gives_the_compiled_forward_only_full_batches_of_whole_windows():
     calls = len(shapes)
     score(model, data[:40], batch=4, compiled=compiled)  # shorter than a window: eager
     assert len(shapes) == calls
+
+
+def test_strided_scoring_takes_each_byte_from_the_second_half_of_a_patch():
+    from model.score import strided_score
+    model = tiny()  # P = 4
+    data = bytes(np.random.default_rng(2).integers(0, 256, 300, dtype=np.uint8))
+    plain, shifted = score(model, data), score(model, data[2:])
+    strided = strided_score(model, data, top=2)
+    for i in range(len(data)):
+        expected = shifted.surprisal[i - 2] if i % 4 < 2 and i >= 2 else plain.surprisal[i]
+        assert strided.surprisal[i] == pytest.approx(expected)
+    assert strided.top_bytes.shape == (300, 2)
+    assert strided_score(model, b"a").surprisal.shape == (1,)
