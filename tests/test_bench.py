@@ -1,5 +1,5 @@
-"""bench.compression and bench.figures on tiny random checkpoints and tiny synthetic held-out data;
-bench.speed at its smallest sizes."""
+"""bench.compression, bench.mbz and bench.figures on tiny random checkpoints and tiny synthetic
+held-out data; bench.speed at its smallest sizes."""
 
 import io
 import json
@@ -10,8 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+import model.compress as mbz
 from adapters import Layout, audio
+from adapters.checkpoints import load_for
 from bench import compression, continuation, figures, speed
+from model import Scores, score
+from model.patches import entropy_boundaries, patch_sizes
 
 LAYOUTS = {
     "text": Layout("text"),
@@ -63,18 +67,32 @@ def data(tmp_path_factory):
     return root
 
 
-def read_table(markdown: str) -> dict[str, dict[str, str]]:
-    """The first Markdown table as {row label: {column: cell}}."""
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+def read_table(markdown: str, after: str = "") -> dict[str, dict[str, str]]:
+    """The first Markdown table (after the heading `after`) as {row label: {column: cell}}."""
+    lines = []
+    for line in markdown.split(after, 1)[1].splitlines() if after else markdown.splitlines():
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            break
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
     return {row[0]: dict(zip(header, row)) for row in rows}
 
 
+def scored_row(surprisal: list[list[float]], entropy: list[list[float]], patch_size: int,
+               label: str = "row") -> compression.Measured:
+    """A row of the report whose windows the model scored as given."""
+    scores = [Scores(np.array(s, np.float32), np.array(e, np.float32)) for s, e in zip(surprisal, entropy)]
+    windows = [bytes(len(s)) for s in surprisal]
+    held_out = compression.HeldOut(label, "", windows, windows, {}, None)
+    return compression.Measured(held_out, 0.0, {}, patch_size, scores)
+
+
 def test_compression_table_has_every_row_and_yardstick(tiny_checkpoints, data, tmp_path, capsys):
     out = tmp_path / "results" / "compression.md"
     compression.main(["--checkpoints", str(tiny_checkpoints), "--data", str(data), "--out", str(out),
-                      "--limit-bytes", "4096", "--threads", "1"])
+                      "--limit-bytes", "4096", "--mbz-bytes", "1024", "--threads", "1"])
     report = out.read_text()
     assert "UTC" in report and "cores" in report and "--limit-bytes 4096" in report
     assert "8 evenly spaced stretches of 512 bytes" in report  # what was used is said
@@ -98,6 +116,64 @@ def test_compression_table_has_every_row_and_yardstick(tiny_checkpoints, data, t
         assert (table[label]["PNG"] != "–") == is_image and (table[label]["WebP lossless"] != "–") == is_image
         assert (table[label]["FLAC"] != "–") == is_audio
     assert "held-out data" in capsys.readouterr().out  # the table is printed too
+    coded = read_table(report, "## Real .mbz files: the first 1,024 bytes of each row")
+    assert list(coded) == ROWS
+    for label, row in coded.items():
+        assert row["coded bytes"] == "1,024"
+        mbz_bytes, headers = int(row[".mbz"].split()[0].replace(",", "")), int(row["of which headers"].replace(",", ""))
+        assert 0 < headers < mbz_bytes and row["payload − estimate"].endswith("%)")
+        # each window its own file: the first two stretches of 512 bytes, or the first image cut
+        assert row[".mbz files"] == ("1" if label.startswith(("images", "emoji")) else "2")
+    positions = read_table(report, "## Bits per byte by position inside the patch")
+    assert list(positions) == ROWS and all(row["P"] == "4" and 4 < float(row["3"]) < 10 for row in positions.values())
+    assert (out.parent / "positions.png").is_file() and "positions.png" in report
+    patches = read_table(report, "## Where an entropy patcher would cut")
+    assert list(patches) == ROWS
+    assert patches["text: English prose"]["fixed patches"] == f"{8 * 512 // 4:,}"  # 8 stretches of 512 bytes, P=4
+
+
+def test_mbz_column_is_the_size_of_real_mbz_files(tiny_checkpoints):
+    folder = tiny_checkpoints / "text"
+    model, layout = load_for("text", folder)
+    windows = [bytes(range(256)) * 3, b"And the earth was without form, and void. " * 20]
+    recorded = {"checkpoint_sha256": mbz.checkpoint_sha256(folder), "layout": layout.to_dict(), "checkpoint": "text"}
+    row = compression.measure(model, compression.HeldOut("row", "", windows, windows, {}, None), 1000, recorded)
+    share = [windows[0], windows[1][:232]]  # the first 1000 bytes, the second window cut
+    assert compression.first_bytes(windows, 1000) == share
+    blobs = [mbz.compress(model, data, recorded["checkpoint_sha256"], layout.to_dict(), "text") for data in share]
+    assert row.coded.mbz == sum(map(len, blobs)) and row.coded.files == 2 and row.coded.original == 1000
+    assert row.coded.headers == sum(len(blob) - mbz.read_header(blob)["payload_bytes"] for blob in blobs)
+    estimate = sum(score(model, data).surprisal.sum(dtype=np.float64) for data in share) / 8
+    assert row.coded.estimate == pytest.approx(estimate, rel=1e-4)
+    payload = row.coded.mbz - row.coded.headers  # what the model predicts, and the coder's 8-byte flush a file
+    assert abs(payload - row.coded.estimate - 8 * row.coded.files) < 0.01 * row.coded.estimate
+    cells = read_table(compression.mbz_table([row]))["row"]
+    assert cells[".mbz"].startswith(f"{row.coded.mbz:,} (") and cells["coded bytes"] == "1,000"
+    assert compression.measure(model, row.held_out, 0).coded is None  # --mbz-bytes 0 codes nothing
+
+
+def test_position_means_equal_a_hand_computation():
+    surprisal = [[1, 2, 3, 4, 5], [6, 7]]  # each window starts a patch
+    means = compression.position_means([np.array(s) for s in surprisal], 2)
+    assert means == pytest.approx([(1 + 3 + 5 + 6) / 4, (2 + 4 + 7) / 3])
+    cells = read_table(compression.positions_table([scored_row(surprisal, [[0] * 5, [0] * 2], 2),
+                                                    scored_row([[1, 2, 4]], [[0] * 3], 3, "P=3")]))
+    assert cells["row"]["0"] == "3.75" and cells["row"]["1"] == "4.33" and cells["row"]["2"] == "–"
+    assert cells["row"]["0 / the rest"] == f"{3.75 / (13 / 3):.2f}×"
+    assert [cells["P=3"][c] for c in ("0", "1", "2", "0 / the rest")] == ["1.00", "2.00", "4.00", "0.33×"]
+
+
+def test_entropy_patch_table_counts_agree_with_patch_sizes():
+    entropy = [[0, 5, 0, 0, 5, 0, 0, 0], [3, 0, 2.5, 6]]
+    cut = compression.entropy_patches([np.array(e, np.float64) for e in entropy], 4, jump=2)
+    assert cut.fixed == 3 and cut.threshold == pytest.approx(3.5)  # one byte in 4 of the row is above 3.5
+    for sizes, rule in ((cut.global_sizes, {"threshold": cut.threshold}), (cut.jump_sizes, {"jump": 2})):
+        assert list(sizes) == [s for e in entropy for s in patch_sizes(entropy_boundaries(np.array(e), **rule), len(e))]
+    assert list(cut.global_sizes) == [1, 3, 4, 3, 1]  # cut at 5, 5 and 6
+    assert list(cut.jump_sizes) == [1, 3, 4, 2, 1, 1]  # and at the rise 0 -> 2.5
+    cells = read_table(compression.entropy_table([scored_row([[0] * 8, [0] * 4], entropy, 4)], jump=2))["row"]
+    assert (cells["fixed patches"], cells["patches"], cells["median size"], cells["largest"]) == ("3", "5", "3", "4")
+    assert cells["1-byte patches"] == "40%" and cells["jump > 2 bits: patches"] == "6" and cells["mean size"] == "2.0"
 
 
 def test_missing_checkpoint_is_skipped_and_missing_data_is_one_sentence(tiny_checkpoints, data, tmp_path):
@@ -106,8 +182,9 @@ def test_missing_checkpoint_is_skipped_and_missing_data_is_one_sentence(tiny_che
     (only_text / "text").symlink_to(tiny_checkpoints / "text")
     out = tmp_path / "compression.md"
     compression.main(["--checkpoints", str(only_text), "--data", str(data), "--out", str(out), "--limit-bytes", "2048",
-                      "--threads", "1"])
+                      "--mbz-bytes", "0", "--threads", "1"])
     assert list(read_table(out.read_text())) == ROWS[:2]
+    assert "## Real .mbz files" not in out.read_text()  # --mbz-bytes 0 codes none
     assert f"No checkpoint at `{only_text / 'image'}`" in out.read_text()
     with pytest.raises(SystemExit, match=r"python -m training.data text"):
         compression.main(["--checkpoints", str(only_text), "--data", str(tmp_path / "nowhere"), "--out", str(out)])
@@ -163,7 +240,8 @@ def test_figures_draw_completions_and_surprisal(tiny_checkpoints, tmp_path):
 def test_without_a_byte_limit_the_asked_number_of_images_is_used(tiny_checkpoints, data, tmp_path):
     out = tmp_path / "compression.md"
     compression.main(["--checkpoints", str(tiny_checkpoints), "--data", str(data), "--out", str(out),
-                      "--images", "5", "--text-bytes", "2048", "--audio-bytes", "2048", "--threads", "1"])
+                      "--images", "5", "--text-bytes", "2048", "--audio-bytes", "2048", "--mbz-bytes", "0",
+                      "--threads", "1"])
     assert "5 of the 8 32x32 images" in out.read_text()
 
 
