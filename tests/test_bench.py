@@ -298,3 +298,13 @@ def test_continuation_bench_reports_model_ceiling_and_floor(tiny_checkpoints, tm
     assert by_row["real next second"][0] < 0.05 < 0.8 < by_row["white noise"][0]   # flatness: tone vs noise
     assert by_row["real next second"][2] > 0.9                                      # a tone continues the tone
     assert "audio: goals" in out.read_text() and "No checkpoint" not in out.read_text()
+
+
+def test_strided_column_compares_strided_with_plain_scoring_on_the_coded_share(tiny_checkpoints):
+    from model.score import strided_score
+    model, layout = load_for("text", tiny_checkpoints / "text")
+    windows = [bytes(range(256)) * 4]
+    row = compression.measure(model, compression.HeldOut("row", "", windows, windows, {}, None), 600)
+    assert row.strided == pytest.approx(strided_score(model, windows[0][:600]).bits_per_byte, rel=1e-5)
+    cells = read_table(compression.positions_table([row]))["row"]
+    assert cells["strided / plain"] == f"{row.strided / (8 * row.coded.estimate / row.coded.original):.3f}×"
