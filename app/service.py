@@ -92,10 +92,12 @@ class ScoreResult:
     def compressor_bits_per_byte(self) -> dict[str, float]:
         """What gzip -9 and xz -9e need for the same bytes, in bits per byte."""
         n = max(1, len(self.data))
-        return {
-            "gzip -9": 8 * len(gzip.compress(self.data, 9)) / n,
-            "xz -9e": 8 * len(lzma.compress(self.data, preset=9 | lzma.PRESET_EXTREME)) / n,
-        }
+        return {"gzip -9": 8 * len(gzip.compress(self.data, 9)) / n, "xz -9e": 8 * xz_size(self.data) / n}
+
+
+def xz_size(data: bytes) -> int:
+    """The bytes xz -9e needs for `data`: the yardstick the app sets the model's .mbz beside."""
+    return len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
 
 
 def score_bytes(model, data: bytes, progress=None, adapt: bool = False) -> ScoreResult:
@@ -236,15 +238,16 @@ class Decompressed:
     suffix: str  # "" (the original name), ".png" or ".wav"
 
 
-def coding_note(layout: Layout) -> str | None:
-    """What is lost before coding, for a medium the model codes in its adapter's layout; None if nothing."""
+def coding_note(layout: Layout, exact_copy: str = "--modality bytes") -> str | None:
+    """What is lost before coding, for a medium the model codes in its adapter's layout; None if
+    nothing. `exact_copy` is how to code the file's own bytes instead."""
     if layout.modality == "image":
         return (f"the image is coded as {layout.image_size}×{layout.image_size} RGB pixels (resized and "
                 "cropped to that), so decompress gives that PNG, not the original file; "
-                "--modality bytes keeps an exact copy")
+                f"{exact_copy} keeps an exact copy")
     if layout.modality == "audio":
         return (f"the audio is coded as mono 8-bit µ-law at {layout.sample_rate} Hz, so decompress gives "
-                "that WAV, not the original file; --modality bytes keeps an exact copy")
+                f"that WAV, not the original file; {exact_copy} keeps an exact copy")
     return None
 
 
@@ -280,9 +283,15 @@ def read_mbz_header(source) -> dict:
         blob = read_source(source)
         if not is_mbz(blob):
             raise UserError("That is not a .mbz file: it does not start with the .mbz magic bytes.")
-        return mbz.read_header(blob)
+        header = mbz.read_header(blob)
     except (mbz.CompressError, AdapterError) as e:
         raise UserError(str(e)) from None
+    except TypeError:  # a field of the wrong type, met by read_header's arithmetic
+        header = {}
+    kinds = {"length": int, "checkpoint_sha256": str, "checkpoint": str, "layout": dict}
+    if not all(isinstance(header.get(key), kind) for key, kind in kinds.items()):
+        raise UserError("The .mbz header is corrupt: its fields do not have the types this format has.")
+    return header
 
 
 def decompressed_suffix(source) -> str:
@@ -325,9 +334,18 @@ def _sha256(folder: str, *modified) -> str:  # `modified` keys the cache, so a r
     return mbz.checkpoint_sha256(folder)
 
 
-def _checkpoint_with(sha256: str, name: str) -> Path:
-    for folder in sorted(CHECKPOINTS.iterdir()) if CHECKPOINTS.is_dir() else []:
+def find_checkpoint(sha256: str, root: str | Path = CHECKPOINTS) -> Path | None:
+    """The checkpoint folder under `root` whose sha256 (checkpoint_sha256) is this; None if there is none."""
+    root = Path(root)
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if (folder / "model.safetensors").is_file() and checkpoint_sha256(folder) == sha256:
             return folder
-    raise UserError(f"This .mbz was made with a checkpoint ({name or 'unnamed'}, sha256 {sha256[:12]}...) "
-                    f"that is not under {CHECKPOINTS}; name its folder with --checkpoint.")
+    return None
+
+
+def _checkpoint_with(sha256: str, name: str) -> Path:
+    found = find_checkpoint(sha256)
+    if found is None:
+        raise UserError(f"This .mbz was made with a checkpoint ({name or 'unnamed'}, sha256 {sha256[:12]}...) "
+                        f"that is not under {CHECKPOINTS}; name its folder with --checkpoint.")
+    return found

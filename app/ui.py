@@ -12,7 +12,9 @@ import io
 import logging
 import mimetypes
 import os
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 # Nothing may call home: Gradio reads these when it is imported.
@@ -28,6 +30,7 @@ from PIL import Image
 import adapters
 from adapters import AdapterError, Layout
 from app import limits, service, views
+from app.cli import default_decompressed_path
 from app.limits import MAX_AUDIO_SECONDS, MAX_SCORE_BYTES, MAX_UPLOAD_MB
 from app.service import UserError
 from model import CheckpointError, read_config
@@ -180,6 +183,58 @@ def how_encoded(original: bytes, kind: str, layout: Layout, encoded: int) -> str
     return ""
 
 
+MBZ = "mbz"  # what "auto" reads a .mbz file as: it is decompressed
+
+
+@dataclass
+class Reading:
+    """An explorer input as a checkpoint reads it."""
+
+    model: torch.nn.Module
+    layout: Layout
+    folder: Path
+    kind: str  # text, image, audio or bytes
+    encoded: bytes  # the bytes the model reads
+    note: str = ""  # how the input became those bytes, or what a .mbz held
+    download: str | None = None  # for a .mbz, the decompressed file
+
+
+def explorer_cap(layout: Layout) -> int:
+    """The most bytes the explorer reads in a layout: its caps on text and raw bytes, audio, and one image."""
+    if layout.modality == "image":
+        return layout.bytes_per_image
+    if layout.modality == "audio":
+        return adapters.audio.seconds_to_bytes(MAX_AUDIO_SECONDS, layout)
+    return MAX_SCORE_BYTES
+
+
+def decompressed_name(name: str, suffix: str, kind: str) -> str:
+    """What the file a .mbz held is called: photo.png.mbz -> photo.png, clip.flac.mbz -> clip.wav,
+    as the command line names it; text.mbz -> text.txt."""
+    saved = default_decompressed_path(Path(name), suffix).name
+    return saved if Path(saved).suffix else saved + {"text": ".txt"}.get(kind, ".bin")
+
+
+def download(content: bytes, name: str) -> str:
+    """`content` written as a file called `name` for the user to download, in a folder of its own
+    (two requests may want the same name); Gradio serves a copy from its cache."""
+    path = Path(tempfile.mkdtemp(prefix="megabyte-studio-")) / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def is_mbz_file(path) -> bool:
+    if not path:
+        return False
+    with open(path, "rb") as f:
+        return service.is_mbz(f.read(8))
+
+
+def fraction(progress, desc: str):
+    """A (done, total) callback that moves a gr.Progress bar."""
+    return lambda done, total: progress(done / max(total, 1), desc=desc)
+
+
 class Studio:
     """The request handlers, serving the checkpoints found in one folder."""
 
@@ -321,7 +376,7 @@ class Studio:
     def stream_continuation(self, model, layout, folder, path, prompt_seconds, new_seconds, how, seed, progress):
         rate = layout.sample_rate
         prompt = service.encode_file(path, layout, prompt_seconds)
-        scored = service.score_bytes(model, prompt, progress=lambda done, n: progress(done / n, desc="Scoring"))
+        scored = service.score_bytes(model, prompt, progress=fraction(progress, "Scoring"))
         curve = views.surprisal_curve(scored.scores.surprisal, rate, title="The prompt's surprisal over time")
         prompt_pcm = adapters.audio.decode(prompt, layout)
         about = f"Prompt: {len(prompt) / rate:.2f} s; bits per sample: {comparison(compression_rows(scored))}."
@@ -349,42 +404,104 @@ class Studio:
         made = f"Generated {wanted / rate:.2f} of {wanted / rate:.2f} s in {took:.1f} s ({wanted / took:,.0f} bytes/s)."
         yield (rate, pcm), views.waveform(pcm, rate, len(prompt) / rate), measures, curve, f"{about}\n\n{made}"
 
+    def explorer_input(self, text, file, kind) -> tuple[bytes, str, str]:
+        """(the bytes typed or uploaded, what to read them as, the upload's file name or "text").
+        Read as "auto", a .mbz file (known by its magic bytes) is MBZ: decompressed, not scored as it is."""
+        if kind not in EXPLORER_KINDS:
+            raise UserError(f"Read it as: one of {', '.join(EXPLORER_KINDS)}, not {kind!r}.")
+        if file:
+            data, name = Path(file).read_bytes(), Path(file).name
+            if kind == "auto":
+                kind = MBZ if service.is_mbz(data) else detect_kind(file, data)
+        elif text:
+            data, name = adapters.text.encode(text), "text"
+            kind = "text" if kind == "auto" else kind
+        else:
+            raise UserError("Type some text or upload a file to score.")
+        if kind in ("text", "bytes") and len(data) > MAX_SCORE_BYTES:
+            raise UserError(f"The input is {len(data):,} bytes; the explorer scores at most "
+                            f"{MAX_SCORE_BYTES:,} bytes of text or raw bytes, and cuts nothing: shorten it.")
+        return data, kind, name
+
+    def reading(self, data: bytes, kind: str, checkpoint) -> Reading:
+        """The input as the checkpoint (or the kind's default) reads it."""
+        with self.model(kind, checkpoint) as (model, layout, folder):
+            encoded = service.encode_file(data, layout, MAX_AUDIO_SECONDS)
+        return Reading(model, layout, folder, kind, encoded, how_encoded(data, kind, layout, len(encoded)))
+
+    def unpack(self, blob: bytes, name: str, progress) -> Reading:
+        """A .mbz decompressed by the served checkpoint that made it, as that checkpoint reads it."""
+        header = service.read_mbz_header(blob)
+        layout = Layout.from_dict(header["layout"])
+        cap = explorer_cap(layout)
+        if header["length"] > cap:
+            raise UserError(f"This .mbz holds {header['length']:,} bytes of {layout.modality}; the explorer "
+                            f"decompresses at most {cap:,}, so decompress it with python -m app.cli decompress.")
+        folder = service.find_checkpoint(header["checkpoint_sha256"], self.checkpoints)
+        if folder is None:
+            raise UserError(f"This .mbz was made with a checkpoint ({header['checkpoint'] or 'unnamed'}, sha256 "
+                            f"{header['checkpoint_sha256'][:12]}...) that this app does not serve.")
+        start = time.perf_counter()
+        unpacked = service.decompress(blob, folder, progress=fraction(progress, "Decompressing"))
+        kind = unpacked.layout.modality
+        model, layout = service.load_for(kind, folder)
+        saved = decompressed_name(name, unpacked.suffix, kind)
+        note = (f"Decompressed {name} ({len(blob):,} bytes) with the {folder.name} checkpoint that made it, in "
+                f"{time.perf_counter() - start:.1f} s: {len(unpacked.data):,} bytes of {kind}, their CRC-32 checked. "
+                f"Download {saved} below.")
+        return Reading(model, layout, folder, kind, unpacked.data, note, download(unpacked.content, saved))
+
     def explore(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
         """(summary, what the model read, surprisal chart, chart by position in the patch, compression
-        table) for typed text or any file."""
+        table, download) for typed text or any file; a .mbz is decompressed, offered as a download and scored."""
         with shown_in_page("/explore"):
-            if kind not in EXPLORER_KINDS:
-                raise UserError(f"Read it as: one of {', '.join(EXPLORER_KINDS)}, not {kind!r}.")
-            if file:
-                data = Path(file).read_bytes()
-                kind = detect_kind(file, data) if kind == "auto" else kind
-            elif text:
-                data = adapters.text.encode(text)
-                kind = "text" if kind == "auto" else kind
-            else:
-                raise UserError("Type some text or upload a file to score.")
-            if kind in ("text", "bytes") and len(data) > MAX_SCORE_BYTES:
-                raise UserError(f"The input is {len(data):,} bytes; the explorer scores at most "
-                                f"{MAX_SCORE_BYTES:,} bytes of text or raw bytes, and cuts nothing: shorten it.")
-            with self.model(kind, checkpoint) as (model, layout, folder):
-                encoded = service.encode_file(data, layout, MAX_AUDIO_SECONDS)
-                scored = service.score_bytes(model, encoded, progress=lambda done, n: progress(done / n, desc="Scoring"))
-                patch_size = model.patch_size
+            data, kind, name = self.explorer_input(text, file, kind)
+            read = self.unpack(data, name, progress) if kind == MBZ else self.reading(data, kind, checkpoint)
+            kind, layout, encoded, patch_size = read.kind, read.layout, read.encoded, read.model.patch_size
+            scored = service.score_bytes(read.model, encoded, progress=fraction(progress, "Scoring"))
             s, image, page = scored.scores, None, ""
+            patches = views.entropy_patch_line(s.entropy, patch_size)
             if kind == "image":
                 image = adapters.image.decode(encoded, layout)
-                chart = views.heat_map(adapters.image.surprisal_map(s.surprisal, layout))
+                starts = np.zeros(len(encoded))
+                starts[views.entropy_cuts(s.entropy, patch_size)] = 1
+                chart = views.heat_map(adapters.image.surprisal_map(s.surprisal, layout),
+                                       marks=adapters.image.surprisal_map(starts, layout) > 0,
+                                       marks_label="an entropy patcher's patch starts in this pixel")
                 page = picture_html(image)
+                patches += (f" The rings mark where its patches start; MegaByte's start every {patch_size} bytes "
+                            f"({patch_size / 3:.3g} pixels), alike everywhere.")
             elif kind == "audio":
-                chart = views.surprisal_curve(s.surprisal, layout.sample_rate)
+                chart = views.surprisal_curve(s.surprisal, layout.sample_rate, entropy=s.entropy, patch_size=patch_size)
             else:
-                chart = views.patch_chart(s.surprisal, patch_size)
+                chart = views.patch_chart(s.surprisal, patch_size, s.entropy)
                 page = (views.text_html if kind == "text" else views.hex_html)(encoded, s.surprisal, s.top_bytes, s.top_probs)
-            summary = (f"Scored {len(encoded):,} bytes as {kind} with the {folder.name} model "
+            summary = (f"Scored {len(encoded):,} bytes as {kind} with the {read.folder.name} model "
                        f"in {scored.seconds:.1f} s: **{scored.bits_per_byte:.3f} bits per byte**.")
-            note = how_encoded(data, kind, layout, len(encoded))
-            summary = f"{summary}\n\n{note}" if note else summary
-            return summary, page, chart, views.position_chart(s.surprisal, patch_size), compression_rows(scored, image)
+            if read.download:  # a .mbz: what it held comes first
+                summary = f"{read.note}\n\n{summary}"
+            elif read.note:
+                summary = f"{summary}\n\n{read.note}"
+            return (f"{summary}\n\n{patches}", page, chart, views.position_chart(s.surprisal, patch_size),
+                    compression_rows(scored, image), read.download)
+
+    def compress(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
+        """(how many bytes the model's .mbz of the input takes, beside xz; the .mbz to download), for
+        the same bytes explore scores. Several times slower than scoring, so asked for on its own."""
+        with shown_in_page("/compress"):
+            data, kind, name = self.explorer_input(text, file, kind)
+            if kind == MBZ:
+                raise UserError("This file is a .mbz already: Score decompresses it.")
+            read = self.reading(data, kind, checkpoint)
+            start = time.perf_counter()
+            blob = service.compress_bytes(read.encoded, kind, read.folder, progress=fraction(progress, "Compressing"))
+            n, of_xz = len(read.encoded), len(blob) / service.xz_size(read.encoded)  # xz on the bytes coded
+            line = (f"Compressed with this model: {len(blob):,} bytes ({of_xz:.0%} of xz -9e) for the {n:,} bytes "
+                    f"of {kind} it read, header included: {8 * len(blob) / n:.2f} bits per byte, "
+                    f"in {time.perf_counter() - start:.1f} s.")
+            note = service.coding_note(read.layout, f"reading the file as bytes (at most {MAX_SCORE_BYTES:,})")
+            line = f"{line} Note: {note}." if note else line
+            return line, download(blob, f"{name}.mbz")
 
 
 def sampling_controls():
@@ -523,7 +640,8 @@ def explorer_tab(studio: Studio):
                                  f"audio: the first {MAX_AUDIO_SECONDS:g} s)", type="filepath")
             kind = checked_by_handler(gr.Radio(
                 list(EXPLORER_KINDS), value="auto", label="Read it as",
-                info="auto: images and audio by their extension or format, else UTF-8 text, else raw bytes"))
+                info="auto: a .mbz is decompressed; images and audio by their extension or format, "
+                     "else UTF-8 text, else raw bytes"))
             checkpoint = checked_by_handler(gr.Dropdown(checkpoints, value=AUTO_CHECKPOINT, label="Checkpoint",
                                                         elem_id="explore-checkpoint"))
             go = gr.Button("Score", variant="primary")
@@ -536,14 +654,27 @@ def explorer_tab(studio: Studio):
                         inputs=[text, file, kind, checkpoint], example_labels=list(samples), elem_id="explore-examples")
         with gr.Column():
             summary = gr.Markdown(label="Summary", elem_id="explore-summary")
+            # Compressing takes several times as long as scoring: asked for once the input is scored.
+            compress = gr.Button("Compress with this model", interactive=False, elem_id="explore-compress")
+            compressed = gr.Markdown(label="Compressed", elem_id="explore-compressed")
+            saved = gr.File(label="Download", visible=False, interactive=False, elem_id="explore-download")
             table = gr.Dataframe(headers=["coder", "bits per byte"], label="On this input (fewer bits is better)",
                                  interactive=False)
             page = gr.HTML(label="What the model read, coloured by surprisal", elem_id="surprisal", max_height=640)
             chart = plot("Surprisal: per patch for text, per pixel for images, over time for audio")
             positions = plot("Mean surprisal by position inside the patch")
     text.change(None, text, count, js=BYTE_COUNT, api_visibility="private", queue=False, show_progress="hidden")
-    go.click(studio.explore, [text, file, kind, checkpoint], [summary, page, chart, positions, table],
-             api_name="explore", concurrency_id="score")
+    inputs = [text, file, kind, checkpoint]
+    go.click(lambda: "", None, compressed, api_visibility="private", queue=False)  # a new input's line comes later
+    scored = go.click(studio.explore, inputs, [summary, page, chart, positions, table, saved], api_name="explore",
+                      concurrency_id="score")
+    # A .mbz is decompressed, not compressed again.
+    scored.success(lambda file: gr.Button(interactive=not is_mbz_file(file)), file, compress,
+                   api_visibility="private", queue=False)
+    packed = compress.click(studio.compress, inputs, [compressed, saved], api_name="compress",
+                            concurrency_id="generate", show_progress_on=compressed)
+    for event in (scored, packed):  # the download box shows only when there is a file in it
+        event.then(lambda path: gr.File(visible=bool(path)), saved, saved, api_visibility="private", queue=False)
 
 
 def build(checkpoints=service.CHECKPOINTS, compile_decoding: bool = False) -> gr.Blocks:

@@ -15,15 +15,19 @@ matplotlib.use("Agg")
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from PIL import Image
 
 import adapters
+from model.patches import entropy_boundaries, patch_sizes, threshold_for_mean_size
 
 COLOURS = colormaps["YlOrRd"]
 FULL_COLOUR_BITS = 12.0  # a character this surprising or more gets the darkest colour
 LINE_COLOUR = "#d62728"
 FAINT_COLOUR = "#c8c8c8"  # detail drawn behind a summary
+ENTROPY_COLOUR = "#1f77b4"  # where an entropy patcher cuts, beside MegaByte's fixed patches in LINE_COLOUR
+MARK_COLOUR = "#00e5ff"  # rings on a heat map's pixels, clear on magma's dark and light ends
 
 
 def figure_image(fig: Figure) -> Image.Image:
@@ -32,12 +36,18 @@ def figure_image(fig: Figure) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
-def heat_map(bits: np.ndarray, title: str = "Surprisal of each pixel") -> Image.Image:
-    """A (size, size) map of bits per pixel with a colour bar; NaN pixels stay blank."""
+def heat_map(bits: np.ndarray, title: str = "Surprisal of each pixel", marks: np.ndarray | None = None,
+             marks_label: str = "") -> Image.Image:
+    """A (size, size) map of bits per pixel with a colour bar; NaN pixels stay blank. Pixels
+    where `marks` is true get a ring, named in a legend by `marks_label`."""
     fig = Figure(figsize=(4.4, 3.6))
     ax = fig.subplots()
     shown = ax.imshow(bits, cmap="magma", interpolation="nearest")
     fig.colorbar(shown, ax=ax, label="bits per pixel (R + G + B)")
+    if marks is not None:
+        rows, columns = np.nonzero(marks)
+        ax.scatter(columns, rows, s=9, facecolors="none", edgecolors=MARK_COLOUR, linewidths=0.7, label=marks_label)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0), fontsize="small", frameon=False)
     ax.set_title(title)
     ax.set_axis_off()
     return figure_image(fig)
@@ -50,20 +60,82 @@ def patch_means(values: np.ndarray, width: int) -> np.ndarray:
     return np.add.reduceat(values, starts) / np.diff(np.append(starts, len(values)))
 
 
-def patch_chart(surprisal: np.ndarray, patch_size: int, title: str = "Surprisal of each byte and patch") -> Image.Image:
-    """Each patch's mean bits as a bar one patch wide, drawn over the faint bits of each byte."""
+def entropy_cuts(entropy: np.ndarray, patch_size: int) -> np.ndarray:
+    """Where BLT's entropy patcher would start its patches (model.patches), with the global
+    threshold that makes its patches as long as MegaByte's on average."""
+    return entropy_boundaries(entropy, threshold_for_mean_size(entropy, patch_size))
+
+
+def entropy_patch_line(entropy: np.ndarray, patch_size: int) -> str:
+    """One sentence setting the entropy patcher's patches beside MegaByte's fixed ones."""
+    n = len(entropy)
+    sizes = patch_sizes(entropy_cuts(entropy, patch_size), n)
+    fixed = -(-n // patch_size)
+    return (f"An entropy patcher with the same mean patch size would cut {len(sizes):,} patches of "
+            f"{sizes.min()}–{sizes.max()} bytes (median {np.median(sizes):g}) where MegaByte cuts "
+            f"{fixed:,} of {patch_size}.")
+
+
+def charts_with_patches(entropy, height: float) -> tuple[Figure, object, object | None]:
+    """A figure 8 wide: the main chart's axes, and under them (with entropy) a strip for patch_strip."""
+    if entropy is None:
+        fig = Figure(figsize=(8, height))
+        return fig, fig.subplots(), None
+    fig = Figure(figsize=(8, height + 0.9))
+    ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [height, 0.9], "hspace": 0.08})
+    return fig, ax, strip
+
+
+def patch_strip(ax, entropy: np.ndarray, patch_size: int, scale: float = 1.0, most_ticks: int = 200):
+    """Two rows, MegaByte's patches of `patch_size` bytes over an entropy patcher's of the same
+    mean size: a tick where each patch starts or, past `most_ticks` patches (ticks would merge),
+    a shade for how densely patches start. x is the byte offset times `scale`."""
+    n = len(entropy)
+    rows = [(np.arange(0, n, patch_size), LINE_COLOUR, f"MegaByte: every {patch_size} bytes"),
+            (entropy_cuts(entropy, patch_size), ENTROPY_COLOUR, "entropy patcher")]
+    for offset, (starts, colour, _) in zip((1, 0), rows):
+        if n / patch_size <= most_ticks:
+            ax.eventplot(starts * scale, lineoffsets=offset, linelengths=0.8, linewidths=1.2, colors=colour)
+        else:  # patches started per byte in a few hundred bins of whole patches, darkest at twice the mean
+            width = patch_size * -(-n // (300 * patch_size))
+            bins = np.minimum(np.arange(0, n + width, width), n)
+            whole = -(-np.diff(bins) // patch_size) * patch_size  # a short last bin counts as whole patches
+            density = np.histogram(starts, bins)[0] / whole
+            shade = LinearSegmentedColormap.from_list(colour, ["#ffffff", colour])
+            ax.imshow(density[None], cmap=shade, vmin=0, vmax=2 / patch_size, aspect="auto", interpolation="nearest",
+                      extent=(0, n * scale, offset - 0.4, offset + 0.4))
+    ax.set_yticks([1, 0], [label for _, _, label in rows], fontsize="small")
+    for label, (_, colour, _) in zip(ax.get_yticklabels(), rows):
+        label.set_color(colour)
+    ax.set_ylim(-0.6, 1.6)
+    ax.tick_params(axis="y", length=0)
+    return "patches start at the ticks" if n / patch_size <= most_ticks else "darker: patches start more often"
+
+
+def label_x(ax, strip, label: str, entropy, patch_size: int, scale: float = 1.0):
+    """Names the x axis under the chart or, with a strip (charts_with_patches), draws the strip and names it there."""
+    if strip is None:
+        ax.set_xlabel(label)
+    else:
+        strip.set_xlabel(f"{label}; {patch_strip(strip, entropy, patch_size, scale)}")
+
+
+def patch_chart(surprisal: np.ndarray, patch_size: int, entropy: np.ndarray | None = None,
+                title: str = "Surprisal of each byte and patch") -> Image.Image:
+    """Each patch's mean bits as a bar one patch wide, drawn over the faint bits of each byte;
+    with `entropy`, a strip below marks where MegaByte's patches start and where an entropy
+    patcher's would."""
     n = len(surprisal)
     edges = np.append(np.arange(0, n, patch_size), n)
-    fig = Figure(figsize=(8, 3))
-    ax = fig.subplots()
+    fig, ax, strip = charts_with_patches(entropy, 3)
     ax.plot(np.arange(n) + 0.5, surprisal, color=FAINT_COLOUR, linewidth=0.5, zorder=1, label="each byte")
     ax.stairs(patch_means(surprisal, patch_size), edges, baseline=0, fill=True, color=LINE_COLOUR, alpha=0.75,
               zorder=2, label=f"patch mean ({patch_size} bytes)")
     ax.set_xlim(0, max(n, 1))
-    ax.set_xlabel("byte offset")
     ax.set_ylabel("bits")
     ax.legend(loc="upper right", fontsize="small")
     ax.set_title(title)
+    label_x(ax, strip, "byte offset", entropy, patch_size)
     return figure_image(fig)
 
 
@@ -84,19 +156,20 @@ def position_chart(surprisal: np.ndarray, patch_size: int,
     return figure_image(fig)
 
 
-def surprisal_curve(surprisal: np.ndarray, rate: int, window_seconds: float = 0.02,
-                    title: str = "Surprisal over time") -> Image.Image:
-    """Bits per sample over time, averaged over short windows so the curve is readable."""
+def surprisal_curve(surprisal: np.ndarray, rate: int, window_seconds: float = 0.02, entropy: np.ndarray | None = None,
+                    patch_size: int = 8, title: str = "Surprisal over time") -> Image.Image:
+    """Bits per sample over time, averaged over short windows so the curve is readable; with
+    `entropy`, a strip below marks where patches of `patch_size` samples start and where an
+    entropy patcher's would."""
     width = max(1, round(window_seconds * rate))
     means = patch_means(surprisal, width)
-    fig = Figure(figsize=(8, 2.6))
-    ax = fig.subplots()
+    fig, ax, strip = charts_with_patches(entropy, 2.6)
     ax.plot(np.arange(len(means)) * width / rate, means, color=LINE_COLOUR, linewidth=1)
-    ax.set_xlabel("seconds")
     ax.set_ylabel(f"bits per sample\n(mean over {window_seconds * 1000:g} ms)")
     ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.set_xlim(0, max(len(surprisal) / rate, 1 / rate))
+    label_x(ax, strip, "seconds", entropy, patch_size, scale=1 / rate)
     return figure_image(fig)
 
 

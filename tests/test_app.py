@@ -7,6 +7,7 @@ their shapes, sizes and the bytes the user kept are exactly what a trained model
 import base64
 import html
 import io
+import json
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+import model.compress as mbz
 from app import limits, service, ui, views
 
 ASSETS = service.ROOT / "assets"
@@ -60,7 +62,7 @@ def still_serves(client):
 
 def test_every_endpoint_is_named_in_the_api(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/complete_image", "/continue_audio", "/explore"}
+    assert set(endpoints) == {"/complete_image", "/continue_audio", "/explore", "/compress"}
     for endpoint in endpoints.values():  # names a client can read, not Gradio's value_20
         names = [p["parameter_name"] for p in endpoint["parameters"]] + [r["label"] for r in endpoint["returns"]]
         assert all(name and not name.startswith("value_") for name in names), names
@@ -144,7 +146,7 @@ def test_scoring_does_not_wait_behind_generations(client):
 
 def test_explore_text_colours_every_character(client):
     text = 'naïve <b>bold</b> & "quotes" ☃\n\tend'
-    summary, page, chart, positions, table = client.predict(text, None, "auto", api_name="/explore")
+    summary, page, chart, positions, table, download = client.predict(text, None, "auto", api_name="/explore")
     assert summary.startswith(f"Scored {len(text.encode())} bytes as text")
     body = page[page.index('class="surprisal-text"') :]
     shown = [html.unescape(char) for char in re.findall(r'<span [^>]*title="[^"]*">(.*?)</span>', body, re.S)]
@@ -154,6 +156,7 @@ def test_explore_text_colours_every_character(client):
     assert pixels(chart).shape[0] > 100 and pixels(positions).shape[0] > 100
     coders = [name for name, _ in table["data"]]
     assert coders == ["this model", "gzip -9", "xz -9e"]
+    assert download is None  # a download only for a .mbz
 
 
 @pytest.mark.parametrize("path, kind, coders", [
@@ -162,11 +165,12 @@ def test_explore_text_colours_every_character(client):
     (CLIP, "audio", 3),
 ])
 def test_explore_reads_files_by_their_kind(client, path, kind, coders):
-    summary, page, chart, positions, table = client.predict(None, handle_file(path), "auto", api_name="/explore")
+    summary, page, chart, positions, table, _ = client.predict(None, handle_file(path), "auto", api_name="/explore")
     assert f"as {kind} with the {'emoji' if kind == 'image' else kind} model" in summary
     assert len(table["data"]) == coders
     assert pixels(chart).shape[0] > 100 and pixels(positions).shape[0] > 100
     assert ("surprisal-text" in page) == (kind == "text")
+    assert "An entropy patcher with the same mean patch size would cut" in summary
 
 
 def test_explore_shows_the_image_it_scored_and_how_the_file_became_bytes(client):
@@ -190,6 +194,87 @@ def test_explore_shows_raw_bytes_as_coloured_hex(client, bad_files):
     summary, page, *_ = client.predict(None, handle_file(bad_files / "noise.bin"), "auto", api_name="/explore")
     assert "3,000 bytes as bytes with the text model" in summary
     assert len(re.findall(r"<span [^>]*title=", page[page.index("surprisal-hex") :])) == 3000
+
+
+COMPRESSED = re.compile(r"Compressed with this model: ([\d,]+) bytes \((\d+)% of xz -9e\) "
+                        r"for the ([\d,]+) bytes of text")
+
+
+def test_compress_makes_a_mbz_that_gives_back_the_bytes_and_the_explorer_opens_it(client, tiny_checkpoints):
+    text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+    data = text.encode()
+    line, packed = client.predict(text, None, "auto", "auto", api_name="/compress")
+    size, percent, read = COMPRESSED.search(line).groups()
+    blob = Path(packed).read_bytes()
+    assert Path(packed).name == "text.mbz" and int(size.replace(",", "")) == len(blob) and int(read) == len(data)
+    assert abs(int(percent) - 100 * len(blob) / service.xz_size(data)) <= 0.5  # xz on the same bytes
+    assert service.decompress(packed, tiny_checkpoints / "text").data == data
+    # The .mbz uploaded to the explorer: what it held, as a download, and scored.
+    summary, page, *_, download = client.predict(None, handle_file(packed), "auto", api_name="/explore")
+    assert Path(download).name == "text.txt" and Path(download).read_bytes() == data
+    assert f"Decompressed text.mbz ({len(blob):,} bytes) with the text checkpoint" in summary
+    assert f"{len(data):,} bytes of text" in summary and f"Scored {len(data)} bytes as text" in summary
+    assert "surprisal-text" in page
+    with pytest.raises(AppError, match="This file is a .mbz already: Score decompresses it."):
+        client.predict(None, handle_file(packed), "auto", api_name="/compress")
+
+
+def test_an_uploaded_mbz_is_named_after_the_file_it_holds(client, tmp_path):
+    raw = tmp_path / "noise.bin"
+    raw.write_bytes(bytes(range(256)) * 2)
+    line, packed = client.predict(None, handle_file(raw), "auto", "auto", api_name="/compress")
+    assert Path(packed).name == "noise.bin.mbz" and "for the 512 bytes of bytes it read" in line
+    summary, page, *_, download = client.predict(None, handle_file(packed), "auto", api_name="/explore")
+    assert Path(download).name == "noise.bin" and Path(download).read_bytes() == raw.read_bytes()
+    assert "surprisal-hex" in page
+
+
+def test_an_image_mbz_decompresses_to_the_png_the_model_read(client, tiny_checkpoints):
+    line, packed = client.predict(None, handle_file(PHOTO), "auto", "auto", api_name="/compress")
+    assert Path(packed).name == "chelsea.png.mbz" and "the image is coded as 32×32 RGB pixels" in line
+    summary, *_, download = client.predict(None, handle_file(packed), "auto", api_name="/explore")
+    assert Path(download).name == "chelsea.png" and "3,072 bytes of image" in summary
+    assert Path(download).read_bytes() == service.decompress(packed, tiny_checkpoints / "emoji").content
+    assert Image.open(download).size == (32, 32)
+
+
+def mbz_header(**fields) -> bytes:
+    """A .mbz with only a header (and no payload): enough for the checks made before decoding."""
+    header = {"checkpoint_sha256": "0" * 64, "checkpoint": "elsewhere", "layout": {"modality": "text"}, "length": 10,
+              "crc32": 0, "payload_bytes": 0, "segments": 1, "threads": 1, "torch": "", "isa": "", "adapt": None,
+              **fields}
+    encoded = json.dumps(header).encode()
+    return mbz.MAGIC + bytes([mbz.FORMAT_VERSION]) + len(encoded).to_bytes(4, "little") + encoded
+
+
+def test_a_bad_mbz_gets_one_sentence(client, tmp_path):
+    text = "a short text to pack"
+    _, packed = client.predict(text, None, "auto", "auto", api_name="/compress")
+    blob = Path(packed).read_bytes()
+    files = {
+        "cut.mbz": (blob[:-3], "The .mbz file is truncated: 3 bytes of its payload are missing."),
+        "header.mbz": (blob[:20], "The .mbz file is truncated: its header is incomplete."),
+        "other.mbz": (mbz_header(), "This .mbz was made with a checkpoint (elsewhere, sha256 000000000000...) "
+                                    "that this app does not serve."),
+        "types.mbz": (mbz_header(length="ten"), "The .mbz header is corrupt: its fields do not have the types"),
+        "long.mbz": (mbz_header(length=limits.MAX_SCORE_BYTES + 1), "This .mbz holds 20,001 bytes of text; the "
+                                                                     "explorer decompresses at most 20,000"),
+    }
+    for name, (data, message) in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(AppError) as caught:
+            client.predict(None, handle_file(tmp_path / name), "auto", api_name="/explore")
+        assert message in str(caught.value) and "\n" not in str(caught.value), (name, str(caught.value))
+    summary, *_ = client.predict(None, handle_file(tmp_path / "cut.mbz"), "bytes", api_name="/explore")
+    assert summary.startswith(f"Scored {len(blob) - 3} bytes as bytes")  # read as bytes, a .mbz is only bytes
+
+
+def test_decompressed_files_are_named_as_the_command_line_names_them():
+    assert ui.decompressed_name("photo.jpg.mbz", ".png", "image") == "photo.png"
+    assert ui.decompressed_name("clip.flac.mbz", ".wav", "audio") == "clip.wav"
+    assert ui.decompressed_name("notes.md.mbz", "", "text") == "notes.md"
+    assert ui.decompressed_name("text.mbz", "", "text") == "text.txt"
+    assert ui.decompressed_name("packed", "", "bytes") == "packed.out"
 
 
 def bad_requests(files):
@@ -304,3 +389,26 @@ def test_the_position_chart_has_a_bar_per_position_inside_the_patch():
     red_columns = ((chart[..., 0] > 150) & (chart[..., 1] < 130)).any(axis=0)
     bars = np.count_nonzero(np.diff(red_columns.astype(int)) == 1)
     assert bars == 7  # position 0 costs nothing here, so it draws no bar
+
+
+def test_the_patch_chart_shows_where_an_entropy_patcher_would_cut():
+    rng = np.random.default_rng(0)
+    surprisal = rng.gamma(2, 2, 400).astype(np.float32)
+    entropy = np.tile([6.0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 34)[:400]  # a spike every 12 bytes
+    blue = lambda chart: (chart[..., 2].astype(int) - chart[..., 0] > 40).sum()  # noqa: E731
+    assert blue(np.asarray(views.patch_chart(surprisal, 8))) == 0
+    assert blue(np.asarray(views.patch_chart(surprisal, 8, entropy))) > 200  # the entropy patcher's ticks
+    line = views.entropy_patch_line(entropy, 8)
+    assert line.startswith("An entropy patcher with the same mean patch size would cut 34 patches of 4–12 bytes "
+                           "(median 12) where MegaByte cuts 50 of 8.")
+    curve = np.asarray(views.surprisal_curve(np.tile(surprisal, 20), 8000, entropy=np.tile(entropy, 20)))
+    assert blue(curve) > 200  # audio: shaded where its patches start
+
+
+def test_the_image_heat_map_rings_where_entropy_patches_start():
+    bits = np.zeros((32, 32))
+    marks = np.zeros((32, 32), bool)
+    marks[::4, ::4] = True
+    cyan = lambda chart: ((chart[..., 0] < 80) & (chart[..., 1] > 180) & (chart[..., 2] > 200)).sum()  # noqa: E731
+    assert cyan(np.asarray(views.heat_map(bits))) == 0
+    assert cyan(np.asarray(views.heat_map(bits, marks=marks, marks_label="patch starts"))) > 64

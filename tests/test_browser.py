@@ -172,6 +172,11 @@ def test_explore_a_text(page, outside_requests, screenshots):
     for example in page.locator("#explore-examples button").all():  # each example's name shown whole
         assert example.evaluate("el => el.scrollWidth <= el.clientWidth && el.getBoundingClientRect().right <= "
                                 "el.closest('#explore-examples').getBoundingClientRect().right")
+    wait_for_text(page, "explore-summary", "An entropy patcher with the same mean patch size")
+    page.get_by_role("button", name="Compress with this model").click()  # enabled once scored
+    wait_for_text(page, "explore-compressed", "Compressed with this model:")
+    assert "% of xz -9e)" in page.locator("#explore-compressed").inner_text()
+    page.locator("#explore-download a[download='text.mbz']").wait_for()  # offered as a download
     page.screenshot(path=screenshots / "text.png", full_page=True)
     assert not outside_requests
 
