@@ -23,8 +23,8 @@ import torch
 import adapters
 from adapters import AdapterError, Layout
 from adapters.common import read_source
-from model import (CheckpointError, Sampling, Scores, compile_decoding, generate, generate_stream, load_checkpoint,
-                   score)
+from model import (CheckpointError, Sampling, Scores, compile_decoding, compile_scoring, generate, generate_stream,
+                   load_checkpoint, score)
 from model.hardware import bf16_faster, decoding_dtype
 import model.compress as mbz
 
@@ -34,6 +34,7 @@ MODALITIES = ("text", "image", "audio", "bytes")
 # Generation runs at one of these batch sizes, the samples padded up to it, so that a few
 # compiled steps serve every request (and the same seed gives the same bytes either way).
 BATCH_BUCKETS = (1, 2, 4, 8)
+SCORE_BATCH = 16  # windows a scoring pass: the batch compile_scoring_now compiles for
 # Inductor's compiled code, kept across restarts: a warm start compiles in seconds.
 COMPILE_CACHE = Path.home() / ".cache" / "megabyte-studio"
 
@@ -108,7 +109,8 @@ def score_bytes(model, data: bytes, progress=None, adapt: bool = False) -> Score
     if adapt:
         scores = mbz.coded_scores(model, data, mbz.Adaptation(), progress)
     else:  # bf16 where it is faster: the view shows bits, it does not need fp32's exactness
-        scores = score(model, data, top=5, batch=16, bf16=bf16_faster(device()), progress=progress)
+        scores = score(model, data, top=5, batch=SCORE_BATCH, bf16=bf16_faster(device()), progress=progress,
+                       compiled=_compiled_scoring.get(model))
     return ScoreResult(data, scores, time.perf_counter() - start)
 
 
@@ -183,20 +185,41 @@ def compile_now(model, buckets=BATCH_BUCKETS):
         ready[bucket] = decoder, step
 
 
+# model -> its forward compiled for score_bytes' full batches of windows, filled by compile_scoring_now
+_compiled_scoring: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compile_scoring_now(model):
+    """Compiles `model`'s scoring forward (bf16 weights where bf16 is faster), running it once
+    on two batches of windows (the first window's graph and the later ones'); score_bytes
+    uses it from then on for inputs of a batch of windows or more."""
+    bf16 = bf16_faster(device())
+    compiled = compile_scoring(model, torch.bfloat16 if bf16 else torch.float32)
+    score(model, bytes((2 * SCORE_BATCH + 1) * model.context // 2), batch=SCORE_BATCH, bf16=bf16, compiled=compiled)
+    _compiled_scoring[model] = compiled
+
+
 def compile_in_background(checkpoints: str | Path = CHECKPOINTS) -> threading.Thread:
     """Compiles, in a daemon thread, the decoding step of every checkpoint that generates:
     audio ones at batch 1 (the app continues one clip), image ones at every bucket, the
-    smallest batches first. Nobody waits: requests that come first decode eagerly."""
-    jobs = [(folder, 1) for folder in adapters.checkpoints.catalog(checkpoints, "audio")]
+    smallest batches first; then the scoring forward of the text and audio checkpoints (an
+    image is one window: its scoring never fills a batch). Nobody waits: requests that come
+    first run eagerly."""
+    audio = adapters.checkpoints.catalog(checkpoints, "audio")
+    jobs = [(folder, 1) for folder in audio]
     jobs += [(folder, bucket) for bucket in BATCH_BUCKETS for folder in adapters.checkpoints.catalog(checkpoints, "image")]
+    jobs += [(folder, "scoring") for folder in [*adapters.checkpoints.catalog(checkpoints, "text"), *audio]]
 
     def work():
         for folder, bucket in jobs:
             try:
-                compile_now(load(folder)[0], (bucket,))
+                if bucket == "scoring":
+                    compile_scoring_now(load(folder)[0])
+                else:
+                    compile_now(load(folder)[0], (bucket,))
             except Exception as e:  # noqa: BLE001 -- a failed compile must not stop the app; it stays eager
-                print(f"Decoding with {folder} at batch {bucket} stays eager: compiling failed "
-                      f"({type(e).__name__}: {e}).", flush=True)
+                what = "Scoring" if bucket == "scoring" else f"Decoding at batch {bucket}"
+                print(f"{what} with {folder} stays eager: compiling failed ({type(e).__name__}: {e}).", flush=True)
 
     thread = threading.Thread(target=work, name="compile-decoding", daemon=True)
     thread.start()

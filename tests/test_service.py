@@ -1,6 +1,7 @@
 """The generation part of the app's service: batch buckets, the eager path until the compiled
 step is ready, the compiled one after, and which checkpoints compile in the background."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,9 +27,32 @@ def test_samples_are_padded_to_their_bucket_and_the_status_says_eager():
 def test_background_compile_takes_audio_at_batch_1_and_images_at_every_bucket(tiny_checkpoints, monkeypatch):
     compiled = []
     monkeypatch.setattr(service, "compile_now", lambda model, buckets: compiled.append((model, buckets)))
+    monkeypatch.setattr(service, "compile_scoring_now", lambda model: compiled.append((model, "scoring")))
     service.compile_in_background(tiny_checkpoints).join()
-    audio, emoji, image = (service.load(tiny_checkpoints / name)[0] for name in ("audio", "emoji", "image"))
-    assert compiled == [(audio, (1,)), *((model, (bucket,)) for bucket in (1, 2, 4, 8) for model in (emoji, image))]
+    audio, emoji, image, text = (service.load(tiny_checkpoints / name)[0] for name in ("audio", "emoji", "image", "text"))
+    assert compiled == [(audio, (1,)), *((model, (bucket,)) for bucket in (1, 2, 4, 8) for model in (emoji, image)),
+                        (text, "scoring"), (audio, "scoring")]
+
+
+def test_once_its_scoring_is_compiled_the_explorer_scores_full_batches_with_it(monkeypatch):
+    model, calls = tiny(), []
+
+    def compile_scoring(model, dtype):
+        def forward(rows, predict_from):
+            calls.append(rows.shape)
+            return model(rows, predict_from=predict_from)
+        return forward
+
+    monkeypatch.setattr(service, "compile_scoring", compile_scoring)
+    monkeypatch.setattr(service, "bf16_faster", lambda device: False)  # fp32 both ways: the same bits
+    data = bytes(np.random.default_rng(0).integers(0, 256, 40 * model.context, dtype=np.uint8))
+    eager = service.score_bytes(model, data).scores.surprisal
+    assert not calls
+    service.compile_scoring_now(model)
+    warm_up = len(calls)
+    assert warm_up == 2  # the first window's batch and a later one
+    np.testing.assert_array_equal(service.score_bytes(model, data).scores.surprisal, eager)
+    assert len(calls) > warm_up and set(calls) == {(service.SCORE_BATCH, model.context)}
 
 
 @pytest.mark.slow
