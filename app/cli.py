@@ -75,7 +75,7 @@ def score_file(file: Path, model, layout, folder: Path, args):
                         f"pass --max-bytes {len(data)} to score it all (a progress bar shows the time left).")
     with progress_bar(len(data), f"scoring {file.name}") as bar:
         result = service.score_bytes(model, data, progress=lambda done, _total: bar.update(done - bar.n),
-                                     adapt=args.adapt)
+                                     adapt=args.adapt, modality=layout.modality)
     compressors = result.compressor_bits_per_byte()
     if args.json:
         report = {

@@ -171,3 +171,12 @@ def test_cli_refuses_another_checkpoint_in_one_line(tiny_checkpoints, tmp_path, 
         cli.main(["decompress", str(packed), "--checkpoint", str(tiny_checkpoints / "audio")])
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "another checkpoint (text, sha256" in error[0]
+
+
+def test_adapt_learns_audio_at_its_own_rate_and_decodes(tiny_checkpoints):
+    folder = tiny_checkpoints / "audio"
+    _, layout = service.load_for("audio", folder)
+    data = service.encode_file(ASSETS / "audio" / "ambi_choir.flac", layout, max_audio_seconds=0.25)
+    blob = service.compress_bytes(data, "audio", folder, adapt=True)
+    assert service.read_mbz_header(blob)["adapt"]["lr"] == service.ADAPT_RATES["audio"] != mbz.Adaptation.lr
+    assert service.decompress(blob, folder).data == data
