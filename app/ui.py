@@ -343,16 +343,16 @@ class Studio:
         def update(made: np.ndarray, complete: bool):
             gallery = [enlarge(adapters.image.decode(prompt + row.tobytes(), layout)) for row in made]
             status = (f"Generated {pixel_rows(made.shape[1])} of {pixel_rows(wanted)} rows "
-                      f"in {time.perf_counter() - start:.1f} s.")
+                      f"in {time.perf_counter() - start:.1f} s ({decoding_path(how_run)}).")
             # Between the first and last update the original and heat map stay as they are:
             # sending them again would rewrite their files while the browser may be reading them.
             unchanged = lambda value: value if complete else gr.skip()  # noqa: E731
             return unchanged(enlarge(original)), gallery, unchanged(heat), f"{bits}\n\n{status}"
 
-        made = np.zeros((samples, 0), np.uint8)
+        made, how_run = np.zeros((samples, 0), np.uint8), service.GenerationStatus()
         yield update(made, complete=True)  # the prompt alone, at once
         parts = []
-        for part in service.continue_bytes(model, prompt, wanted, samples, how, seed):
+        for part in service.continue_bytes(model, prompt, wanted, samples, how, seed, status=how_run):
             parts.append(part)
             rows_before = made.shape[1] // row_bytes
             made = np.concatenate(parts, axis=1)
@@ -383,15 +383,15 @@ class Studio:
         estimate = self.estimate(new_seconds, folder.name)
         yield (rate, prompt_pcm), views.waveform(prompt_pcm, rate), "", curve, f"{about}\n\n{estimate}"
         wanted = adapters.audio.seconds_to_bytes(new_seconds, layout)
-        parts, made, start, last = [], 0, time.perf_counter(), 0.0
-        for part in service.continue_bytes(model, prompt, wanted, 1, how, seed):
+        parts, made, start, last, how_run = [], 0, time.perf_counter(), 0.0, service.GenerationStatus()
+        for part in service.continue_bytes(model, prompt, wanted, 1, how, seed, status=how_run):
             parts.append(part)
             made += part.shape[1]
             if time.perf_counter() - last > PROGRESS_EVERY_SECONDS:  # each yield is where a Stop can end it
                 last = time.perf_counter()
                 speed = made / (last - start)
                 status = (f"Generated {made / rate:.2f} of {wanted / rate:.2f} s in {last - start:.1f} s "
-                          f"({speed:,.0f} bytes/s; about {(wanted - made) / speed:.0f} s left).")
+                          f"({speed:,.0f} bytes/s, {decoding_path(how_run)}; about {(wanted - made) / speed:.0f} s left).")
                 progress(made / wanted, desc=f"Generating at {speed:,.0f} bytes/s")
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"{about}\n\n{status}"
         took = time.perf_counter() - start
@@ -401,7 +401,8 @@ class Studio:
         tail = prompt_pcm[-round(TAIL_SECONDS * rate) :]
         measures = views.continuation_measures(
             adapters.audio.continuation_metrics(tail / 32768, pcm[len(prompt) :] / 32768))
-        made = f"Generated {wanted / rate:.2f} of {wanted / rate:.2f} s in {took:.1f} s ({wanted / took:,.0f} bytes/s)."
+        made = (f"Generated {wanted / rate:.2f} of {wanted / rate:.2f} s in {took:.1f} s ({wanted / took:,.0f} bytes/s, "
+                f"{decoding_path(how_run)}).")
         yield (rate, pcm), views.waveform(pcm, rate, len(prompt) / rate), measures, curve, f"{about}\n\n{made}"
 
     def explorer_input(self, text, file, kind) -> tuple[bytes, str, str]:
@@ -502,6 +503,12 @@ class Studio:
             note = service.coding_note(read.layout, f"reading the file as bytes (at most {MAX_SCORE_BYTES:,})")
             line = f"{line} Note: {note}." if note else line
             return line, download(blob, f"{name}.mbz")
+
+
+def decoding_path(status: service.GenerationStatus) -> str:
+    if status.path == "compiled":
+        return "compiled decoding step"
+    return "eager decoding: the compiled step is not ready yet"
 
 
 def sampling_controls():

@@ -117,7 +117,7 @@ def test_audio_continuation_plays_prompt_then_continuation(client):
     assert rate == 8000 and len(audio) == 8000 + 2000
     assert np.abs(audio[:8000]).max() > 1000  # the guitar, not silence
     assert pixels(wave_plot).shape[0] > 100 and pixels(curve_plot).shape[0] > 100
-    assert "Prompt: 1.00 s" in summary and "Generated 0.25 of 0.25 s" in summary and "bytes/s" in summary
+    assert "Prompt: 1.00 s" in summary and "Generated 0.25 of 0.25 s" in summary and "bytes/s" in summary and "decoding" in summary
     for measure in ("Spectral flatness", "Similarity to the prompt's last second", "Loudness drift"):
         assert measure in measures
 
