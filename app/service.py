@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -216,19 +216,19 @@ def compile_in_background(checkpoints: str | Path = CHECKPOINTS) -> threading.Th
     image is one window: its scoring never fills a batch). Nobody waits: requests that come
     first run eagerly."""
     audio = adapters.checkpoints.catalog(checkpoints, "audio")
-    jobs = [(folder, 1) for folder in audio]
-    jobs += [(folder, bucket) for bucket in BATCH_BUCKETS for folder in adapters.checkpoints.catalog(checkpoints, "image")]
-    jobs += [(folder, "scoring") for folder in [*adapters.checkpoints.catalog(checkpoints, "text"), *audio]]
+    images = adapters.checkpoints.catalog(checkpoints, "image")
+    # (what is compiled, the checkpoint, how)
+    jobs = [("Decoding at batch 1", folder, partial(compile_now, buckets=(1,))) for folder in audio]
+    jobs += [(f"Decoding at batch {bucket}", folder, partial(compile_now, buckets=(bucket,)))
+             for bucket in BATCH_BUCKETS for folder in images]
+    jobs += [("Scoring", folder, compile_scoring_now)
+             for folder in [*adapters.checkpoints.catalog(checkpoints, "text"), *audio]]
 
     def work():
-        for folder, bucket in jobs:
+        for what, folder, compile_it in jobs:
             try:
-                if bucket == "scoring":
-                    compile_scoring_now(load(folder)[0])
-                else:
-                    compile_now(load(folder)[0], (bucket,))
+                compile_it(load(folder)[0])
             except Exception as e:  # noqa: BLE001 -- a failed compile must not stop the app; it stays eager
-                what = "Scoring" if bucket == "scoring" else f"Decoding at batch {bucket}"
                 print(f"{what} with {folder} stays eager: compiling failed ({type(e).__name__}: {e}).", flush=True)
 
     thread = threading.Thread(target=work, name="compile-decoding", daemon=True)
@@ -316,15 +316,9 @@ def read_mbz_header(source) -> dict:
         blob = read_source(source)
         if not is_mbz(blob):
             raise UserError("That is not a .mbz file: it does not start with the .mbz magic bytes.")
-        header = mbz.read_header(blob)
+        return mbz.read_header(blob)
     except (mbz.CompressError, AdapterError) as e:
         raise UserError(str(e)) from None
-    except TypeError:  # a field of the wrong type, met by read_header's arithmetic
-        header = {}
-    kinds = {"length": int, "checkpoint_sha256": str, "checkpoint": str, "layout": dict}
-    if not all(isinstance(header.get(key), kind) for key, kind in kinds.items()):
-        raise UserError("The .mbz header is corrupt: its fields do not have the types this format has.")
-    return header
 
 
 def decompressed_suffix(source) -> str:

@@ -45,6 +45,8 @@ TOP = 1 << 56  # the range coder keeps its range in [2^56, 2^64)
 MASK = (1 << 64) - 1
 HEADER_KEYS = {"checkpoint_sha256", "checkpoint", "layout", "length", "crc32", "payload_bytes",
                "segments", "threads", "torch", "isa", "adapt"}
+HEADER_TYPES = {"checkpoint_sha256": str, "checkpoint": str, "layout": dict, "length": int, "crc32": int,
+                "payload_bytes": int, "segments": int, "threads": int, "torch": str, "isa": str}
 
 
 class CompressError(ValueError):
@@ -286,6 +288,9 @@ def read_header(blob: bytes) -> dict:
         raise CompressError("The .mbz header is corrupt: it is not valid JSON.") from None
     if not isinstance(header, dict) or set(header) != HEADER_KEYS:
         raise CompressError("The .mbz header is corrupt: its fields are not the ones this format has.")
+    if not all(isinstance(header[key], kind) and not isinstance(header[key], bool)
+               for key, kind in HEADER_TYPES.items()) or not isinstance(header["adapt"], (dict, type(None))):
+        raise CompressError("The .mbz header is corrupt: its fields do not have the types this format has.")
     missing = 9 + size + header["payload_bytes"] - len(blob)
     if missing > 0:
         raise CompressError(f"The .mbz file is truncated: {missing:,} bytes of its payload are missing.")
