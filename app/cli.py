@@ -28,6 +28,7 @@ from tqdm import tqdm
 import adapters
 from app import limits, service
 from app.service import UserError
+from model import bucket_for
 
 SPOTS = 3  # how many of the most surprising places the summary names
 
@@ -184,7 +185,7 @@ def continue_prompt(model, prompt: bytes, new_bytes: int, args) -> list[bytes]:
     top_p = service.default_top_p(args.kind) if args.top_p is None else args.top_p
     how = service.sampling(args.temperature, args.top_k, top_p)
     if args.compile:
-        service.compile_now(model, (service.bucket_for(args.samples),))  # as the app does, in the foreground
+        service.compile_now(model, (bucket_for(args.samples),))  # as the app does, in the foreground
     stream = service.continue_bytes(model, prompt, new_bytes, args.samples, how, args.seed)
     with progress_bar(new_bytes, "generating") as bar:
         parts = []

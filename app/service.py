@@ -5,7 +5,6 @@ Every error a user can cause comes out as UserError with one sentence.
 
 from __future__ import annotations
 
-import copy
 import gzip
 import io
 import lzma
@@ -23,17 +22,14 @@ import torch
 import adapters
 from adapters import AdapterError, Layout
 from adapters.common import read_source
-from model import (CheckpointError, Sampling, Scores, compile_decoding, compile_scoring, generate, generate_stream,
-                   load_checkpoint, score)
-from model.hardware import bf16_faster, decoding_dtype
+from model import (BATCH_BUCKETS, CheckpointError, GenerationStatus, Sampling, Scores, compile_for_buckets,
+                   compile_scoring, load_checkpoint, score, stream_bytes)
+from model.hardware import bf16_faster
 import model.compress as mbz
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ROOT / "checkpoints"
 MODALITIES = ("text", "image", "audio", "bytes")
-# Generation runs at one of these batch sizes, the samples padded up to it, so that a few
-# compiled steps serve every request (and the same seed gives the same bytes either way).
-BATCH_BUCKETS = (1, 2, 4, 8)
 SCORE_BATCH = 16  # windows a scoring pass: the batch compile_scoring_now compiles for
 # Inductor's compiled code, kept across restarts: a warm start compiles in seconds.
 COMPILE_CACHE = Path.home() / ".cache" / "megabyte-studio"
@@ -139,60 +135,22 @@ def encode_file(source, layout: Layout, max_audio_seconds: float | None = None) 
         raise UserError(str(e)) from None
 
 
-@dataclass
-class GenerationStatus:
-    """How a generation is running, for the view: on the "compiled" step or "eager", and
-    the new bytes per second so far, all samples counted."""
-
-    path: str = "eager"
-    bytes_per_second: float = 0.0
-
-
-# model -> {batch bucket: (the model in its decoding dtype, its compiled step)}, filled by compile_now
-_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def bucket_for(samples: int) -> int:
-    return next(bucket for bucket in BATCH_BUCKETS if bucket >= samples)
-
-
 def continue_bytes(model, prompt: bytes, new_bytes: int, samples: int, how: Sampling, seed: int = 0,
                    status: GenerationStatus | None = None):
-    """Yields the new bytes (samples, m) as they are made, on the compiled step when it is
-    ready for this batch and eagerly until then; `status` follows which, and how fast.
-    Holds no lock: the decoding state is this request's own."""
+    """model.stream_bytes, the request checked first: yields the new bytes (samples, m) as they
+    are made, on the compiled step when compile_now has made it for this batch, eagerly until then."""
     if new_bytes < 1:
         raise UserError("Ask for at least one new byte.")
-    if not 1 <= samples <= 8:
-        raise UserError("The number of samples must be between 1 and 8.")
-    status = status or GenerationStatus()
-    bucket = bucket_for(samples)
-    decoder, step = _compiled_steps.get(model, {}).get(bucket, (model, None))
-    status.path = "compiled" if step else "eager"
-    start, made = time.perf_counter(), 0
-    for part in generate_stream(decoder, prompt, new_bytes, bucket, how, seed, patch_step=step):
-        made += part.shape[1]
-        status.bytes_per_second = samples * made / (time.perf_counter() - start)
-        yield part[:samples]
+    if not 1 <= samples <= BATCH_BUCKETS[-1]:
+        raise UserError(f"The number of samples must be between 1 and {BATCH_BUCKETS[-1]}.")
+    yield from stream_bytes(model, prompt, new_bytes, samples, how, seed, status)
 
 
 def compile_now(model, buckets=BATCH_BUCKETS):
-    """Compiles `model`'s decoding step for each batch bucket, in the dtype that decodes
-    faster at that batch (model.hardware.decoding_dtype: bf16 weights and caches where they
-    win); continue_bytes uses each as soon as it is ready. Inductor's cache lives in
-    COMPILE_CACHE, so a restart reuses the compiled code."""
+    """model.compile_for_buckets, with inductor's cache in COMPILE_CACHE, so that a restart
+    reuses the compiled code."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(COMPILE_CACHE / "inductor"))
-    # every (model, dtype, bucket) is one compiled graph of the same function
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    ready = _compiled_steps.setdefault(model, {})
-    for bucket in buckets:
-        dtype = decoding_dtype(model, bucket)
-        decoders = [decoder for decoder, _ in ready.values() if next(decoder.parameters()).dtype == dtype]
-        decoder = model if dtype == torch.float32 else (decoders or [copy.deepcopy(model).to(dtype)])[0]
-        step = compile_decoding(decoder)
-        # a prompt of one whole patch: the first call of the step compiles it
-        generate(decoder, bytes(decoder.patch_size), decoder.patch_size, bucket, patch_step=step)
-        ready[bucket] = decoder, step
+    compile_for_buckets(model, buckets)
 
 
 # model -> its forward compiled for score_bytes' full batches of windows, filled by compile_scoring_now

@@ -3,8 +3,8 @@
 Measures, in one run on this machine: the matmul ceiling (fp32, bf16, the best over sizes
 that reach it); training bytes/s and model FLOPs utilisation for MegaByte and the flat
 baseline (fp32/bf16, eager/compiled); generation bytes/s at batch 1 and 8 (MegaByte cached,
-eager and compiled, through the app's service, flat cached, MegaByte recomputing the whole
-sequence for every byte, what MegaByte's Linear calls alone reach, and the ceiling that
+eager, compiled, and as the app decodes: model.stream_bytes; flat cached; MegaByte recomputing
+the whole sequence for every byte; what MegaByte's Linear calls alone reach; the ceiling that
 memory bandwidth and the matmul peak set); scoring 1 MB and 2 MB (seconds, peak memory),
 today's fp32 path beside the fast one; compressing 1 MB to a .mbz and back. `--json` prints the headline figures as one JSON
 object on the last line.
@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app import service
 import model.compress as mbz
-from model import (FlatConfig, MegaByteConfig, Sampling, build_model, compile_decoding,
-                   generate, next_byte_loss)
+from model import (FlatConfig, GenerationStatus, MegaByteConfig, Sampling, bucket_for, build_model,
+                   compile_decoding, compile_for_buckets, generate, next_byte_loss, stream_bytes)
 from model.hardware import bf16_faster, decoding_dtype, machine_description, matmul_gflops
 
 MEGABYTE = MegaByteConfig(patch_size=8, byte_dim=32, global_layers=4, global_heads=4,
@@ -94,12 +93,13 @@ def generation_speed(model, samples: int, new_bytes: int, patch_step=None, repea
 
 
 def app_generation_speed(model, samples: int, new_bytes: int, repeats: int = 3) -> float:
-    """What a web request gets once the app's background compile is done: service.continue_bytes."""
-    service.compile_now(model, buckets=(service.bucket_for(samples),))
+    """What a web request gets once the app's background compile is done: model.stream_bytes,
+    padded to its batch bucket, on the step that compile_for_buckets registered."""
+    compile_for_buckets(model, (bucket_for(samples),))
 
     def once():
-        status = service.GenerationStatus()
-        for _ in service.continue_bytes(model, b"The prompt. ", new_bytes, samples, Sampling(top_k=50), status=status):
+        status = GenerationStatus()
+        for _ in stream_bytes(model, b"The prompt. ", new_bytes, samples, Sampling(top_k=50), status=status):
             pass
         assert status.path == "compiled"
         return status.bytes_per_second

@@ -4,16 +4,30 @@ For MegaByte the global model runs once per patch and the local model once per
 byte; neither recomputes the past. Works for any model with `prefill`, `decode_one`,
 `patch_step`, `context` and `patch_size` (see model.megabyte). The request's state
 lives here, in local variables, so one model serves many generations at once.
+
+Batched, compiled decoding: `compile_for_buckets` compiles a model's patch step for a few
+batch sizes and registers it; `stream_bytes` pads the samples to their bucket and takes the
+registered step when there is one, eagerly until then.
 """
 
 from __future__ import annotations
 
+import copy
+import time
+import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from . import hardware
+from .megabyte import compile_decoding
 from .sampling import Sampling, sample
+
+# Generation runs at one of these batch sizes, the samples padded up to it, so that a few
+# compiled steps serve every request (and the same seed gives the same bytes either way).
+BATCH_BUCKETS = (1, 2, 4, 8)
 
 
 def slide_window(model) -> int:
@@ -94,3 +108,58 @@ def generate(model, prompt: bytes, max_new_bytes: int, samples: int = 1,
         return [b""] * samples
     out = np.concatenate(parts, axis=1)
     return [row.tobytes() for row in out]
+
+
+@dataclass
+class GenerationStatus:
+    """How a generation is running: on the "compiled" step or "eager", and the new bytes
+    per second so far, all samples counted."""
+
+    path: str = "eager"
+    bytes_per_second: float = 0.0
+
+
+# model -> {batch bucket: (the model in its decoding dtype, its compiled step)}, filled by compile_for_buckets
+_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bucket_for(samples: int) -> int:
+    """The smallest batch bucket that holds `samples`."""
+    if samples > BATCH_BUCKETS[-1]:
+        raise ValueError(f"at most {BATCH_BUCKETS[-1]} samples can be generated at once.")
+    return next(bucket for bucket in BATCH_BUCKETS if bucket >= samples)
+
+
+def compile_for_buckets(model, buckets=BATCH_BUCKETS):
+    """Compiles `model`'s decoding step for each batch bucket, in the dtype that decodes
+    faster at that batch (model.hardware.decoding_dtype: bf16 weights and caches where they
+    win), runs it once so that it is compiled, and registers it: stream_bytes uses each as
+    soon as it is ready. Buckets that share a dtype share one copy of the model."""
+    # every (model, dtype, bucket) is one compiled graph of the same function
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    ready = _compiled_steps.setdefault(model, {})
+    for bucket in buckets:
+        dtype = hardware.decoding_dtype(model, bucket)  # looked up in the module: tests pin it there
+        decoders = [decoder for decoder, _ in ready.values() if next(decoder.parameters()).dtype == dtype]
+        decoder = model if dtype == torch.float32 else (decoders or [copy.deepcopy(model).to(dtype)])[0]
+        step = compile_decoding(decoder)
+        # a prompt of one whole patch: the first call of the step compiles it
+        generate(decoder, bytes(decoder.patch_size), decoder.patch_size, bucket, patch_step=step)
+        ready[bucket] = decoder, step
+
+
+def stream_bytes(model, prompt: bytes, new_bytes: int, samples: int, sampling: Sampling = Sampling(),
+                 seed: int = 0, status: GenerationStatus | None = None) -> Iterator[np.ndarray]:
+    """Yields the new bytes (samples, m) as they are made, the samples padded to their batch
+    bucket: on the step compile_for_buckets registered for that bucket when there is one,
+    eagerly until then; `status` follows which, and how fast. Holds no lock: the decoding
+    state is this request's own."""
+    status = status or GenerationStatus()
+    bucket = bucket_for(samples)
+    decoder, step = _compiled_steps.get(model, {}).get(bucket, (model, None))
+    status.path = "compiled" if step else "eager"
+    start, made = time.perf_counter(), 0
+    for part in generate_stream(decoder, prompt, new_bytes, bucket, sampling, seed, patch_step=step):
+        made += part.shape[1]
+        status.bytes_per_second = samples * made / (time.perf_counter() - start)
+        yield part[:samples]

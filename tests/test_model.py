@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model import (
-    CheckpointError, ConfigError, FlatConfig, MegaByteConfig, Sampling, build_model,
-    config_from_dict, generate, generate_stream, load_checkpoint, next_byte_loss,
-    save_checkpoint, score,
+    CheckpointError, ConfigError, FlatConfig, GenerationStatus, MegaByteConfig, Sampling, bucket_for, build_model,
+    compile_for_buckets, config_from_dict, generate, generate_stream, load_checkpoint, next_byte_loss,
+    save_checkpoint, score, stream_bytes,
 )
+from model import hardware
 from model.sampling import sample
 from model.score import window_plan
 
@@ -25,6 +26,11 @@ TINY_FLAT = FlatConfig(dim=32, layers=2, heads=2, max_bytes=64)
 def tiny(config=TINY, seed=0):
     torch.manual_seed(seed)
     return build_model(config).eval()
+
+
+def collect(parts) -> list[bytes]:
+    """The rows of streamed parts (samples, m), joined, as bytes."""
+    return [row.tobytes() for row in np.concatenate(list(parts), 1)]
 
 
 @settings(max_examples=25, deadline=None)
@@ -153,10 +159,6 @@ def test_one_model_serves_two_generations_at_once(config):
     model = tiny(config)
     requests = [(b"first prompt", 70, 1, 3), (b"xy", 90, 2, 4)]  # both pass the context of 64
     alone = [generate(model, prompt, n, samples, seed=seed) for prompt, n, samples, seed in requests]
-
-    def collect(parts):
-        return [row.tobytes() for row in np.concatenate(list(parts), 1)]
-
     streams = [generate_stream(model, prompt, n, samples, seed=seed) for prompt, n, samples, seed in requests]
     interleaved = [[], []]
     for first, second in itertools.zip_longest(*streams):  # one step of each in turn
@@ -283,6 +285,28 @@ def test_compiled_decoding_gives_the_same_bytes(config):
     greedy = Sampling(temperature=0)
     assert (generate(other, b"compile me", 40, 2, greedy, patch_step=other_step)
             == generate(other, b"compile me", 40, 2, greedy))
+
+
+def test_samples_are_padded_to_their_bucket_and_the_status_says_eager():
+    assert [bucket_for(samples) for samples in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    with pytest.raises(ValueError):
+        bucket_for(9)
+    model, status = tiny(), GenerationStatus()
+    made = collect(stream_bytes(model, b"abc", 30, 3, Sampling(), seed=2, status=status))
+    assert made == generate(model, b"abc", 30, 4, seed=2)[:3]
+    assert status.path == "eager" and status.bytes_per_second > 0
+
+
+@pytest.mark.slow
+def test_once_compiled_requests_take_the_compiled_step_and_get_the_same_bytes(monkeypatch):
+    monkeypatch.setattr(hardware, "decoding_dtype", lambda model, batch: torch.float32)  # bf16 would change bytes
+    model = tiny()
+    greedy = Sampling(temperature=0)
+    eager = collect(stream_bytes(model, b"abc", 30, 2, greedy))
+    compile_for_buckets(model, (2,))
+    status = GenerationStatus()
+    assert collect(stream_bytes(model, b"abc", 30, 2, greedy, status=status)) == eager
+    assert status.path == "compiled"
 
 
 def test_the_entropy_patcher_cuts_where_entropy_is_high_or_jumps():

@@ -1,12 +1,15 @@
-"""The generation part of the app's service: batch buckets, the eager path until the compiled
-step is ready, the compiled one after, and which checkpoints compile in the background."""
+"""The app's side of generation and scoring: the request's checks, inductor's cache, which
+checkpoints compile in the background, the explorer's compiled scoring. (Batch buckets and
+the compiled decoding step itself are model.generate's, tested in test_model.py.)"""
+
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from app import service
-from model import MegaByteConfig, Sampling, build_model, generate
+from model import GenerationStatus, MegaByteConfig, Sampling, build_model, stream_bytes
 
 
 def tiny():
@@ -16,12 +19,29 @@ def tiny():
     return build_model(config).eval()
 
 
-def test_samples_are_padded_to_their_bucket_and_the_status_says_eager():
+def test_continue_bytes_checks_the_request_then_streams_as_the_model_does():
     model = tiny()
-    status = service.GenerationStatus()
-    made = service.collect(service.continue_bytes(model, b"abc", 30, 3, Sampling(), seed=2, status=status))
-    assert made == generate(model, b"abc", 30, 4, seed=2)[:3]
+    for new_bytes, samples, sentence in ((0, 1, "Ask for at least one new byte."),
+                                         (10, 0, "The number of samples must be between 1 and 8."),
+                                         (10, 9, "The number of samples must be between 1 and 8.")):
+        with pytest.raises(service.UserError) as refused:
+            service.collect(service.continue_bytes(model, b"abc", new_bytes, samples, Sampling()))
+        assert str(refused.value) == sentence
+    how, status = Sampling(temperature=0.9, top_k=50), GenerationStatus()
+    made = service.collect(service.continue_bytes(model, b"abc", 30, 3, how, seed=2, status=status))
+    assert made == service.collect(stream_bytes(model, b"abc", 30, 3, how, seed=2))
     assert status.path == "eager" and status.bytes_per_second > 0
+
+
+def test_compile_now_keeps_inductors_code_in_the_app_cache(monkeypatch):
+    cache_dirs = []
+    monkeypatch.setattr(service, "compile_for_buckets",
+                        lambda model, buckets: cache_dirs.append((os.environ.get("TORCHINDUCTOR_CACHE_DIR"), buckets)))
+    # unset for compile_now; set first, so that teardown also undoes what compile_now sets
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset by the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    service.compile_now(tiny(), (2,))
+    assert cache_dirs == [(str(service.COMPILE_CACHE / "inductor"), (2,))]
 
 
 def test_background_compile_takes_audio_at_batch_1_and_images_at_every_bucket(tiny_checkpoints, monkeypatch):
@@ -53,16 +73,3 @@ def test_once_its_scoring_is_compiled_the_explorer_scores_full_batches_with_it(m
     assert warm_up == 2  # the first window's batch and a later one
     np.testing.assert_array_equal(service.score_bytes(model, data).scores.surprisal, eager)
     assert len(calls) > warm_up and set(calls) == {(service.SCORE_BATCH, model.context)}
-
-
-@pytest.mark.slow
-def test_once_compiled_requests_take_the_compiled_step_and_get_the_same_bytes(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(service, "decoding_dtype", lambda model, batch: torch.float32)  # bf16 would change bytes
-    model = tiny()
-    greedy = Sampling(temperature=0)
-    eager = service.collect(service.continue_bytes(model, b"abc", 30, 2, greedy))
-    service.compile_now(model, (2,))
-    status = service.GenerationStatus()
-    assert service.collect(service.continue_bytes(model, b"abc", 30, 2, greedy, status=status)) == eager
-    assert status.path == "compiled"
