@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import hardware
+from . import fused_step, hardware
 from .megabyte import compile_decoding
 from .sampling import Sampling, sample
 
@@ -135,6 +135,7 @@ def compile_for_buckets(model, buckets=BATCH_BUCKETS):
     faster at that batch (model.hardware.decoding_dtype: bf16 weights and caches where they
     win), runs it once so that it is compiled, and registers it: stream_bytes uses each as
     soon as it is ready. Buckets that share a dtype share one copy of the model."""
+    fused_step.build()  # before decoding_dtype times fp32, which the fused step speeds up
     # every (model, dtype, bucket) is one compiled graph of the same function
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     ready = _compiled_steps.setdefault(model, {})

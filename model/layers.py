@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_step
+
 # On the CPU, explicit attention beats scaled_dot_product_attention on short queries:
 # in the bf16 backward pass of the local model (queries of P bytes), and in decoding
 # (one query against the whole cache: SDPA took ~250 us per call here). SDPA wins on long ones.
@@ -89,6 +91,8 @@ class Transformer(nn.Module):
     def forward(self, x, cache=None, positions=None):
         """x (B, t, D) -> (B, t, D). With a cache from `empty_cache`, x sits at `positions`
         (t of them) and sees every cached position up to its own."""
+        if fused_step.fits(x, cache):  # one new position while decoding: one C++ call
+            return fused_step.transformer_step(self, x, positions, cache)
         mask = None
         if cache is not None:  # built once per call, shared by every block
             key_positions = torch.arange(cache[0][0].shape[2], device=x.device)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_step
 from .config import FlatConfig, MegaByteConfig
 from .layers import Transformer, init_weights
 from .sampling import sample
@@ -107,6 +108,8 @@ class MegaByte(nn.Module):
 
     def local_step(self, local_in: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Local inputs at cache `positions` inside the patch -> logits of the next byte."""
+        if fused_step.fits(local_in, cache):  # one byte: the local model and the head in one C++ call
+            return fused_step.transformer_step(self.local_model, local_in, positions, cache, self.head)[:, 0]
         return self.head(self.local_model(local_in, cache, positions)[:, -1])
 
     def open_patch(self, patch: torch.Tensor, position: torch.Tensor, state: MegaByteState):
@@ -221,15 +224,18 @@ def compile_decoding(model: nn.Module):
     """The hot step of generation, `model.patch_step`, compiled with torch.compile; pass it
     to `generate_stream(..., patch_step=...)`. It holds no state, so requests share it.
 
-    The prompt's prefill and the byte steps that finish a partial patch stay eager, so
-    prompts of any length do not recompile. Each batch size compiles once (one to two
-    minutes on a 2-core CPU, seconds from a warm inductor cache) on its first call.
+    Each transformer's step over one position is one C++ call (model.fused_step, built
+    here), which the graph calls as is. The prompt's prefill and the byte steps that finish
+    a partial patch stay eager, so prompts of any length do not recompile. Each batch size
+    compiles once (one to two minutes on a 2-core CPU, seconds from a warm inductor cache)
+    on its first call.
 
     Two options cut the per-call cost, which dominates decoding at small batches: a C++
     wrapper around the kernels instead of a Python one, and no guards on the model's own
     parameters and buffers (about 0.6 ms per call here). The second is safe because the
     weights are inputs of the graph, read from the model at each call and never swapped in
     place; the state's shapes and dtypes are still guarded."""
+    fused_step.build()  # the transformers' one-position steps as one C++ call each, where it builds
     options = {"cpp_wrapper": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
     return torch.compile(model.patch_step, dynamic=False, options=options)
 

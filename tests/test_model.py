@@ -14,13 +14,27 @@ from model import (
     compile_for_buckets, config_from_dict, generate, generate_stream, load_checkpoint, next_byte_loss,
     save_checkpoint, score, stream_bytes,
 )
-from model import hardware
+from model import fused_step, hardware
 from model.sampling import sample
 from model.score import window_plan
 
 TINY = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=2, global_heads=2,
                       local_dim=16, local_layers=2, local_heads=2, max_bytes=64)
 TINY_FLAT = FlatConfig(dim=32, layers=2, heads=2, max_bytes=64)
+
+
+# Odd widths: matrices whose row counts are not multiples of the fused step's blocks of four
+ODD = MegaByteConfig(patch_size=4, byte_dim=6, global_layers=1, global_heads=3,
+                     local_dim=18, local_layers=1, local_heads=2, max_bytes=64)
+
+
+@pytest.fixture(params=["torch", "fused"])
+def decoding_path(request, monkeypatch):
+    """Cached decoding through torch's layers, or through the fused C++ step (model.fused_step)."""
+    if request.param == "fused":
+        assert fused_step.build(), "the fused decoding step did not build"
+    monkeypatch.setattr(fused_step, "_built", request.param == "fused")
+    return request.param
 
 
 def tiny(config=TINY, seed=0):
@@ -51,9 +65,9 @@ def test_changing_a_byte_never_changes_earlier_predictions(data, kind):
         assert not torch.allclose(before[row, t + 1 :], after[row, t + 1 :])
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
+@pytest.mark.parametrize("config", [TINY, TINY_FLAT, ODD], ids=["megabyte", "flat", "odd"])
 @pytest.mark.parametrize("prompt_len", [0, 1, 4, 6, 8, 11])
-def test_cached_decoding_matches_full_forward(config, prompt_len):
+def test_cached_decoding_matches_full_forward(config, prompt_len, decoding_path):
     model = tiny(config)
     x = torch.randint(0, 256, (3, 48))
     with torch.no_grad():
@@ -153,7 +167,7 @@ def test_same_seed_same_bytes_and_streaming_agrees():
 
 
 @pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
-def test_one_model_serves_two_generations_at_once(config):
+def test_one_model_serves_two_generations_at_once(config, decoding_path):
     """The decoding state belongs to the request: two streams on one model, interleaved
     step by step or in two threads, give the bytes each gives alone."""
     model = tiny(config)
@@ -171,8 +185,28 @@ def test_one_model_serves_two_generations_at_once(config):
         assert list(threaded) == alone
 
 
+@pytest.mark.parametrize("config", [TINY, ODD], ids=["tiny", "odd"])
+def test_the_fused_step_writes_the_caches_torch_writes(config, monkeypatch):
+    """The C++ step against torch's layers on the same inputs: the logits and every
+    cached key and value, for a batch of three, past a patch boundary."""
+    assert fused_step.build()
+    model, x = tiny(config), torch.randint(0, 256, (3, 13))
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setattr(fused_step, "_built", fused)
+        with torch.no_grad():
+            logits, state = model.prefill(x[:, :5])
+            steps = [logits]
+            for t in range(5, 13):
+                logits, state = model.decode_one(x[:, t], state)
+                steps.append(logits)
+        results[fused] = [torch.stack(steps)] + [t for pair in state.global_cache + state.local_cache for t in pair]
+    for torch_made, fused_made in zip(results[False], results[True]):
+        torch.testing.assert_close(fused_made, torch_made, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
-def test_greedy_generation_follows_the_full_forward_pass_past_the_context(config):
+def test_greedy_generation_follows_the_full_forward_pass_past_the_context(config, decoding_path):
     model = tiny(config)
     prompt = b"xyz!!"
     out = generate(model, prompt, 150, sampling=Sampling(temperature=0))[0]
