@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import model.compress as mbz
+from model import fused_step
 from model import (FlatConfig, GenerationStatus, MegaByteConfig, Sampling, bucket_for, build_model,
                    compile_decoding, compile_for_buckets, generate, next_byte_loss, stream_bytes)
 from model.hardware import bf16_faster, decoding_dtype, machine_description, matmul_gflops
@@ -90,6 +91,12 @@ def generation_speed(model, samples: int, new_bytes: int, patch_step=None, repea
         return samples * new_bytes / (time.perf_counter() - start)
 
     return best_of(repeats, once)
+
+
+def torch_layers(measure) -> float:
+    """`measure()` with decoding on torch's layers: the path before model.fused_step."""
+    with fused_step.switched_off():
+        return measure()
 
 
 def app_generation_speed(model, samples: int, new_bytes: int, repeats: int = 3) -> float:
@@ -291,22 +298,30 @@ def main(argv=None):
     new_bytes = 64 if quick else 512
     torch.manual_seed(0)
     megabyte, flat = build_model(MEGABYTE).eval(), build_model(FLAT).eval()
-    dtypes = {s: decoding_dtype(megabyte, s) for s in (1, 8)}  # as the app chooses
+    fused = fused_step.build()
+    dtypes = {s: decoding_dtype(megabyte, s) for s in (1, 8)}  # as the app chooses, the fused step built
     names = {torch.float32: "fp32", torch.bfloat16: "bf16"}
     lines += ["\n## Generation (top-k 50)\n",
               f"{new_bytes} new bytes per sample; bytes/s counts all samples; the best of 3 runs. The compiled step "
               f"and the app decode in the dtype that `model.hardware.decoding_dtype` measures to be faster: "
               f"{names[dtypes[1]]} at batch 1, {names[dtypes[8]]} at batch 8. The rest run in fp32.\n",
               "| method | batch 1 | batch 8 |", "|---|---|---|"]
-    rows = [("eager", "MegaByte, KV caches in both models", lambda s: generation_speed(megabyte, s, new_bytes))]
+    rows = [("eager_torch", "MegaByte, KV caches in both models, torch's layers",
+             lambda s: torch_layers(lambda: generation_speed(megabyte, s, new_bytes))),
+            ("eager", f"MegaByte, KV caches, fused C++ step per position{'' if fused else ' (did not build)'}",
+             lambda s: generation_speed(megabyte, s, new_bytes))]
     if not args.no_compile:
         decoders = {s: megabyte if dtypes[s] == torch.float32 else copy.deepcopy(megabyte).to(dtypes[s]) for s in dtypes}
         steps = {s: compile_decoding(decoders[s]) for s in dtypes}
-        rows += [("compiled", "MegaByte, KV caches, compiled patch step",
+        with fused_step.switched_off():
+            torch_steps = {s: compile_decoding(decoders[s]) for s in dtypes}
+        rows += [("compiled_torch", "MegaByte, KV caches, compiled patch step, torch's layers (session 6's step)",
+                  lambda s: torch_layers(lambda: generation_speed(decoders[s], s, new_bytes, torch_steps[s]))),
+                 ("compiled", "MegaByte, KV caches, compiled patch step with the fused C++ step",
                   lambda s: generation_speed(decoders[s], s, new_bytes, steps[s])),
                  ("app", "the app's service once compiled (padded to its batch bucket)",
                   lambda s: app_generation_speed(megabyte, s, new_bytes))]
-    rows += [("flat", "flat transformer, KV cache", lambda s: generation_speed(flat, s, new_bytes)),
+    rows += [("flat", "flat transformer, KV cache, fused C++ step", lambda s: generation_speed(flat, s, new_bytes)),
              ("recompute", "MegaByte, whole sequence recomputed every byte",
               lambda s: recompute_speed(megabyte, s, new_bytes // 4)),
              ("linears", "MegaByte's Linear calls alone (eager, fp32), nothing else",

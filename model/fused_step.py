@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -51,15 +52,27 @@ def build() -> bool:
     return _built
 
 
+@contextmanager
+def switched_off():
+    """Inside the block, decoding runs torch's layers even where the fused step is built:
+    for comparisons (bench.speed). A step compiled inside keeps to torch's layers."""
+    global _built
+    before, _built = _built, False
+    try:
+        yield
+    finally:
+        _built = before
+
+
 def _output_like(x, position, weights, cache, heads):
     """The operator's output for torch.compile's tracing: (B, D), or (B, V) with a head."""
     return x.new_empty(x.shape[0], weights[-1].shape[0])
 
 
 def fits(x: torch.Tensor, cache) -> bool:
-    """Whether the fused step runs this call: built, one new position with a cache, fp32
-    on the CPU, no gradients."""
-    return (bool(_built) and cache is not None and x.shape[1] == 1 and x.dtype == torch.float32
+    """Whether the fused step runs this call: built, one new position with a cache, fp32 or
+    bf16 on the CPU, no gradients."""
+    return (bool(_built) and cache is not None and x.shape[1] == 1 and x.dtype in (torch.float32, torch.bfloat16)
             and x.device.type == "cpu" and not torch.is_grad_enabled())
 
 

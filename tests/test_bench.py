@@ -254,15 +254,17 @@ def test_speed_quick_run_writes_every_table_and_the_json_summary(tmp_path, capsy
     generation = markdown.split("## Generation")[1].split("## Scoring")[0]
     rows = [line for line in generation.splitlines() if line.startswith("| ") and "batch" not in line]
     names = [row.split(" | ")[0].lstrip("| ") for row in rows]
-    assert names[:4] == ["MegaByte, KV caches in both models", "flat transformer, KV cache",
+    assert names[:5] == ["MegaByte, KV caches in both models, torch's layers",
+                         "MegaByte, KV caches, fused C++ step per position",
+                         "flat transformer, KV cache, fused C++ step",
                          "MegaByte, whole sequence recomputed every byte",
                          "MegaByte's Linear calls alone (eager, fp32), nothing else"]
-    assert names[4].startswith("ceiling: weight reads at")
+    assert names[5].startswith("ceiling: weight reads at")
     for row in rows:  # every cell a positive number of bytes/s
         assert all(float(cell.replace(",", "")) > 0 for cell in row.strip("| ").split(" | ")[1:])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "cores" in summary["machine"] and summary["train_precision"] in ("fp32", "bf16")
-    for key in ("eager_batch1", "flat_batch1", "ceiling_batch1", "ceiling_batch8", "train_bytes_per_s",
+    for key in ("eager_torch_batch1", "eager_batch1", "flat_batch1", "ceiling_batch1", "ceiling_batch8", "train_bytes_per_s",
                 "score_1mb_seconds", "score_1mb_seconds_before"):
         assert summary[key] > 0, key
     scoring = markdown.split("## Scoring")[1]

@@ -186,11 +186,13 @@ def test_one_model_serves_two_generations_at_once(config, decoding_path):
 
 
 @pytest.mark.parametrize("config", [TINY, ODD], ids=["tiny", "odd"])
-def test_the_fused_step_writes_the_caches_torch_writes(config, monkeypatch):
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+def test_the_fused_step_writes_the_caches_torch_writes(config, dtype, tolerance, monkeypatch):
     """The C++ step against torch's layers on the same inputs: the logits and every
-    cached key and value, for a batch of three, past a patch boundary."""
+    cached key and value, for a batch of three, past a patch boundary. In bf16 the
+    fused step rounds only what it stores, torch every intermediate: hence the tolerance."""
     assert fused_step.build()
-    model, x = tiny(config), torch.randint(0, 256, (3, 13))
+    model, x = tiny(config).to(dtype), torch.randint(0, 256, (3, 13))
     results = {}
     for fused in (False, True):
         monkeypatch.setattr(fused_step, "_built", fused)
@@ -202,7 +204,7 @@ def test_the_fused_step_writes_the_caches_torch_writes(config, monkeypatch):
                 steps.append(logits)
         results[fused] = [torch.stack(steps)] + [t for pair in state.global_cache + state.local_cache for t in pair]
     for torch_made, fused_made in zip(results[False], results[True]):
-        torch.testing.assert_close(fused_made, torch_made, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused_made, torch_made, atol=tolerance, rtol=tolerance)
 
 
 @pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
