@@ -183,11 +183,14 @@ def compile_in_background(checkpoints: str | Path = CHECKPOINTS) -> threading.Th
              for folder in [*adapters.checkpoints.catalog(checkpoints, "text"), *audio]]
 
     def work():
+        start = time.perf_counter()
         for what, folder, compile_it in jobs:
             try:
                 compile_it(load(folder)[0])
             except Exception as e:  # noqa: BLE001 -- a failed compile must not stop the app; it stays eager
                 print(f"{what} with {folder} stays eager: compiling failed ({type(e).__name__}: {e}).", flush=True)
+        print(f"Compiled decoding and scoring for {len(audio) + len(images)} checkpoints in "
+              f"{time.perf_counter() - start:.0f} s: requests from now on take the compiled steps.", flush=True)
 
     thread = threading.Thread(target=work, name="compile-decoding", daemon=True)
     thread.start()

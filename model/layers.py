@@ -88,10 +88,12 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x, cache=None, positions=None):
+    def forward(self, x, cache=None, positions=None, fused=False):
         """x (B, t, D) -> (B, t, D). With a cache from `empty_cache`, x sits at `positions`
-        (t of them) and sees every cached position up to its own."""
-        if fused_step.fits(x, cache):  # one new position while decoding: one C++ call
+        (t of them) and sees every cached position up to its own. `fused`: one new position
+        runs as one C++ call (model.fused_step) where it fits; generation asks for it, lossless
+        coding does not, as it needs the same floats from every build at both ends."""
+        if fused and fused_step.fits(x, cache):
             return fused_step.transformer_step(self, x, positions, cache)
         mask = None
         if cache is not None:  # built once per call, shared by every block

@@ -102,13 +102,16 @@ class MegaByte(nn.Module):
 
     # Cached decoding: the global model runs once per patch, the local model once per byte.
 
-    def global_step(self, global_in: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Global inputs at cache `positions` -> local inputs (B, P, D_L) for the patch after the last one."""
-        return self.split_global(self.global_model(global_in, cache, positions)[:, -1:])[:, 0]
+    def global_step(self, global_in: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                    fused: bool = False) -> torch.Tensor:
+        """Global inputs at cache `positions` -> local inputs (B, P, D_L) for the patch after
+        the last one. `fused`: as Transformer.forward's, for generation."""
+        return self.split_global(self.global_model(global_in, cache, positions, fused)[:, -1:])[:, 0]
 
-    def local_step(self, local_in: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def local_step(self, local_in: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                   fused: bool = False) -> torch.Tensor:
         """Local inputs at cache `positions` inside the patch -> logits of the next byte."""
-        if fused_step.fits(local_in, cache):  # one byte: the local model and the head in one C++ call
+        if fused and fused_step.fits(local_in, cache):  # one byte: the local model and the head in one C++ call
             return fused_step.transformer_step(self.local_model, local_in, positions, cache, self.head)[:, 0]
         return self.head(self.local_model(local_in, cache, positions)[:, -1])
 
@@ -116,14 +119,14 @@ class MegaByte(nn.Module):
         """A finished patch (B, P) at global cache `position` (a (1,) tensor; 0 is the pad)
         -> the next patch's local inputs (B, P, D_L) and the logits of its first byte."""
         start = (position - 1) * self.patch_size
-        from_global = self.global_step(self.embed_patches(patch, start), position, state.global_cache)
+        from_global = self.global_step(self.embed_patches(patch, start), position, state.global_cache, fused=True)
         first = self.local_pad + from_global[:, :1]
-        return from_global, self.local_step(first, self.byte_positions[:1], state.local_cache)
+        return from_global, self.local_step(first, self.byte_positions[:1], state.local_cache, fused=True)
 
     def next_in_patch(self, byte: torch.Tensor, from_global: torch.Tensor, inside: int, cache: KVCache):
         """The byte (B,) before position `inside` of the patch -> the logits of the byte there."""
         local_in = self.local_embed(byte.long())[:, None] + from_global[:, inside : inside + 1]
-        return self.local_step(local_in, self.byte_positions[inside : inside + 1], cache)
+        return self.local_step(local_in, self.byte_positions[inside : inside + 1], cache, fused=True)
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, MegaByteState]:
         """Runs a prompt (B, n), n < context, through fresh caches -> (logits of byte n, state)."""
@@ -133,12 +136,12 @@ class MegaByte(nn.Module):
         global_cache = self.global_model.empty_cache(b, self.context // p, dtype, device)
         local_cache = self.local_model.empty_cache(b, p, dtype, device)
         global_in = torch.cat([self.global_pad.expand(b, 1, -1), self.embed_patches(x[:, :full])], 1)
-        from_global = self.global_step(global_in, torch.arange(full // p + 1, device=device), global_cache)
+        from_global = self.global_step(global_in, torch.arange(full // p + 1, device=device), global_cache, fused=True)
         patch = torch.zeros(b, p, dtype=torch.long, device=device)
         patch[:, : n - full] = x[:, full:]
         local_in = torch.cat([self.local_pad.expand(b, 1, -1), self.local_embed(x[:, full:].long())], 1)
         logits = self.local_step(local_in + from_global[:, : n - full + 1], self.byte_positions[: n - full + 1],
-                                 local_cache)
+                                 local_cache, fused=True)
         return logits, MegaByteState(global_cache, local_cache, from_global, patch, torch.tensor(n, device=device))
 
     def decode_one(self, byte: torch.Tensor, state: MegaByteState) -> tuple[torch.Tensor, MegaByteState]:
@@ -198,7 +201,7 @@ class FlatTransformer(nn.Module):
         return self.head(self.transformer(self.embed(x[:, :-1], 0, with_start=True))[:, predict_from:])
 
     def step(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        return self.head(self.transformer(h, cache, positions)[:, -1])
+        return self.head(self.transformer(h, cache, positions, fused=True)[:, -1])
 
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, FlatState]:
         b, n = x.shape

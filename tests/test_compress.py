@@ -62,6 +62,20 @@ def test_edge_cases_come_back_exactly(text_model, data):
         assert round_trip(text_model, data) == data
 
 
+def test_the_fused_decoding_step_never_codes(text_model, monkeypatch):
+    """A .mbz made where the fused C++ step is built decodes where it is not, and is the same
+    file: lossless coding keeps to torch's layers, whose floats every build shares."""
+    from model import fused_step
+
+    assert fused_step.build()
+    data = bytes(range(256)) * 3
+    with few_segments:
+        made_with_it = mbz.compress(text_model, data, SHA, {"modality": "bytes"})
+        monkeypatch.setattr(fused_step, "_built", False)
+        assert mbz.compress(text_model, data, SHA, {"modality": "bytes"}) == made_with_it
+        assert mbz.decompress(text_model, made_with_it, SHA)[0] == data
+
+
 def test_adapting_model_comes_back_exactly_and_leaves_the_model_alone(text_model):
     data = (ASSETS / "text/sonnets.txt").read_bytes()[:1500]
     before = {k: v.clone() for k, v in text_model.state_dict().items()}
