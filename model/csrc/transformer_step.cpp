@@ -3,10 +3,11 @@
 // The same arithmetic as model.layers.Transformer over one position with a cache: pre-norm
 // blocks (LayerNorm, causal self-attention over the cached positions 0..position, LayerNorm,
 // tanh-GELU MLP), the final LayerNorm, and optionally a head, with the model's own (out, in)
-// weight matrices, in fp32 or bf16 (arithmetic in fp32 either way). In decoding, each of these matrices meets one row per sample:
-// torch runs each as its own small kernel (~30 per byte in MegaByte's local model), and its
-// matrix-vector product reads a matrix that is not already in cache at ~9 GB/s where a plain
-// read reaches ~65 here. Plain loops that the compiler vectorises do better on both counts.
+// weight matrices, stored in fp32 or bf16 (arithmetic in fp32 either way). In decoding, each
+// of these matrices meets one row per sample: torch runs each as its own small kernel (~30
+// per byte in MegaByte's local model), and its matrix-vector product reads a matrix that is
+// not already in cache at ~9 GB/s where a plain read reaches ~65 here. Plain loops that the
+// compiler vectorises do better on both counts.
 
 #include <torch/extension.h>
 
