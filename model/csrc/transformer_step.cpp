@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -76,13 +77,15 @@ void layer_norm(const float* x, const T* w, const T* b, float* y, int64_t batch,
   }
 }
 
-// GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), which vectorises through exp.
+// GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), which vectorises through exp. 2u is
+// clamped to ±80, where the sigmoid is 0 or 1 in float anyway, so exp never overflows: fast
+// math may assume no infinities.
 void gelu(float* x, int64_t n) {
   const float c = std::sqrt(2.f / static_cast<float>(M_PI));
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const float u = c * (x[i] + 0.044715f * x[i] * x[i] * x[i]);
-    x[i] = x[i] / (1.f + std::exp(-2.f * u));
+    const float two_u = std::clamp(2.f * c * (x[i] + 0.044715f * x[i] * x[i] * x[i]), -80.f, 80.f);
+    x[i] = x[i] / (1.f + std::exp(-two_u));
   }
 }
 
@@ -100,7 +103,7 @@ void attend(const float* q, const T* keys, const T* values, float* y, int64_t he
     const float* qh = q + h * head_dim;
     const T* kh = keys + h * capacity * head_dim;
     const T* vh = values + h * capacity * head_dim;
-    float top = -INFINITY;
+    float top = std::numeric_limits<float>::lowest();
     for (int64_t j = 0; j <= position; ++j) {
       float s = 0.f;
 #pragma omp simd reduction(+ : s)
