@@ -16,7 +16,10 @@ layers run in torch.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
+import shutil
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,15 +38,34 @@ def cpu_signature() -> str:
     return hashlib.sha1("\n".join(wanted).encode()).hexdigest()[:12]
 
 
+def library_path() -> Path:
+    """Where this CPU's build of this source is kept: torch's extension folder, under a name
+    that carries the CPU's signature and the source's hash."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    source_hash = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:12]
+    return root / "megabyte" / f"transformer_step_{cpu_signature()}_{source_hash}.so"
+
+
 def build() -> bool:
-    """Builds and loads the fused step once per process (from torch's extension cache when
-    this CPU built it before); whether it is there."""
+    """Loads the fused step once per process, building it first if this CPU has no build of
+    this source yet; whether it is there. Each build goes to a folder of its own and is then
+    moved into place whole, so a process killed while building (the app stopped during its
+    first minute) leaves nothing half-made, and no lock, behind."""
     global _built
     if _built is None:
         try:
-            from torch.utils.cpp_extension import load
-            load(name=f"megabyte_transformer_step_{cpu_signature()}", sources=[str(SOURCE)],
-                 extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"], is_python_module=False)
+            library = library_path()
+            if not library.exists():
+                from torch.utils.cpp_extension import load
+                with tempfile.TemporaryDirectory() as folder:
+                    load(name=library.stem, sources=[str(SOURCE)], build_directory=folder, is_python_module=False,
+                         extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"])
+                    library.parent.mkdir(parents=True, exist_ok=True)
+                    staged = library.with_suffix(f".{os.getpid()}.tmp")
+                    shutil.copyfile(Path(folder) / f"{library.stem}.so", staged)
+                    os.replace(staged, library)
+            else:
+                torch.ops.load_library(str(library))
             torch.library.register_fake("megabyte::transformer_step")(_output_like)
             _built = True
         except Exception as error:  # no compiler or no ninja: torch's layers do the same work
