@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 import model.compress as mbz
-from model import fused_step
 from model import (FlatConfig, GenerationStatus, MegaByteConfig, Sampling, bucket_for, build_model,
-                   compile_decoding, compile_for_buckets, generate, next_byte_loss, stream_bytes)
+                   compile_decoding, compile_for_buckets, fused_step, generate, next_byte_loss, stream_bytes)
 from model.hardware import bf16_faster, decoding_dtype, machine_description, matmul_gflops
 
 MEGABYTE = MegaByteConfig(patch_size=8, byte_dim=32, global_layers=4, global_heads=4,
