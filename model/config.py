@@ -25,6 +25,9 @@ def _check_heads(width_name, width, heads_name, heads):
         raise ConfigError(f"{heads_name}={heads} does not divide {width_name}={width}.")
 
 
+POSITIONS = ("learned", "rotary")
+
+
 @dataclass(frozen=True)
 class MegaByteConfig:
     """MegaByte (Yu et al. 2023).
@@ -32,6 +35,11 @@ class MegaByteConfig:
     Each byte is embedded at width `byte_dim` (the paper's D_G); the embeddings of
     the `patch_size` bytes of a patch are concatenated, so the global model's width
     is patch_size * byte_dim. The local model has width `local_dim` (D_L).
+
+    `positions`: "learned" is the paper's table of one vector per byte of the context
+    (max_bytes * byte_dim parameters, 4M at 128 KB); "rotary" learns one vector per
+    place inside a patch and gives the global model rotary positions over patches, so
+    its size does not grow with the context.
     """
 
     kind = "megabyte"
@@ -44,13 +52,18 @@ class MegaByteConfig:
     local_heads: int = 4
     max_bytes: int = 8192
     mlp_ratio: int = 4
+    positions: str = "learned"
 
     @property
     def global_dim(self) -> int:
         return self.patch_size * self.byte_dim
 
     def __post_init__(self):
-        _check_positive(self, [f.name for f in dataclasses.fields(self)])
+        _check_positive(self, [f.name for f in dataclasses.fields(self) if f.name != "positions"])
+        if self.positions not in POSITIONS:
+            raise ConfigError(f"positions must be one of {', '.join(POSITIONS)}, not {self.positions!r}.")
+        if self.positions == "rotary" and (self.global_dim // self.global_heads) % 2:
+            raise ConfigError("rotary positions need an even width per global head.")
         if self.max_bytes % self.patch_size:
             raise ConfigError(
                 f"max_bytes={self.max_bytes} is not a multiple of patch_size={self.patch_size}."

@@ -34,18 +34,35 @@ def attention(q, k, v, mask=None, causal=False):
     return scores.softmax(-1).to(v.dtype) @ v
 
 
+def rotate(x: torch.Tensor, positions: torch.Tensor, inverse_frequencies: torch.Tensor) -> torch.Tensor:
+    """Rotary positions (Su et al. 2021) on x (B, H, t, d) at `positions` (t,): each pair of
+    channels (i, i + d/2) turned by the angle position * frequency_i, so q·k depends on the
+    distance between two positions alone. In fp32, as the angles grow with the context."""
+    angles = positions.float()[:, None] * inverse_frequencies[None, :]
+    cos, sin = angles.cos(), angles.sin()
+    first, second = x.float().chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).to(x.dtype)
+
+
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, rotary: bool = False):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.rotary = rotary
+        if rotary:  # not a weight: made from the head width, so it stays out of the checkpoint
+            half = dim // heads // 2
+            self.register_buffer("inverse_frequencies", 10000.0 ** (-torch.arange(half) / half), persistent=False)
 
     def forward(self, x, cache=None, positions=None, mask=None):
         """Causal self-attention over x; with a cache (keys, values), x sits at `positions`,
         is written there, and attends to the cached positions that `mask` allows."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rotary:
+            at = torch.arange(t, device=x.device) if positions is None else positions
+            q, k = rotate(q, at, self.inverse_frequencies), rotate(k, at, self.inverse_frequencies)
         if cache is None:
             y = attention(q, k, v, causal=True)
         else:
@@ -67,10 +84,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, rotary: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads)
+        self.attn = SelfAttention(dim, heads, rotary)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
 
@@ -80,12 +97,13 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of causal pre-norm blocks with a final norm."""
+    """A stack of causal pre-norm blocks with a final norm; `rotary`: rotary positions in
+    every attention (the positions are then the cache's, or 0.. without a cache)."""
 
-    def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: int):
+    def __init__(self, dim: int, layers: int, heads: int, mlp_ratio: int, rotary: bool = False):
         super().__init__()
-        self.dim, self.heads = dim, heads
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(layers))
+        self.dim, self.heads, self.rotary = dim, heads, rotary
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, rotary) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x, cache=None, positions=None, fused=False):
@@ -93,7 +111,7 @@ class Transformer(nn.Module):
         (t of them) and sees every cached position up to its own. `fused`: one new position
         runs as one C++ call (model.fused_step) where it fits; generation asks for it, lossless
         coding does not, as it needs the same floats from every build at both ends."""
-        if fused and fused_step.fits(x, cache):
+        if fused and not self.rotary and fused_step.fits(x, cache):  # the C++ step has no rotary positions
             return fused_step.transformer_step(self, x, positions, cache)
         mask = None
         if cache is not None:  # built once per call, shared by every block

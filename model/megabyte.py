@@ -56,9 +56,11 @@ class MegaByte(nn.Module):
         self.patch_size = c.patch_size
         self.context = c.max_bytes
         self.byte_embed = nn.Embedding(256, c.byte_dim)
-        self.position_embed = nn.Embedding(c.max_bytes, c.byte_dim)
+        # one vector per byte of the context, or (rotary) per place inside a patch
+        self.rotary = c.positions == "rotary"
+        self.position_embed = nn.Embedding(c.patch_size if self.rotary else c.max_bytes, c.byte_dim)
         self.global_pad = nn.Parameter(torch.zeros(c.global_dim))
-        self.global_model = Transformer(c.global_dim, c.global_layers, c.global_heads, c.mlp_ratio)
+        self.global_model = Transformer(c.global_dim, c.global_layers, c.global_heads, c.mlp_ratio, self.rotary)
         self.global_to_local = nn.Linear(c.byte_dim, c.local_dim)
         self.local_embed = nn.Embedding(256, c.local_dim)
         self.local_pad = nn.Parameter(torch.zeros(c.local_dim))
@@ -73,7 +75,8 @@ class MegaByte(nn.Module):
     def embed_patches(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         """Bytes (B, k·P) at absolute positions start.. -> patch embeddings (B, k, P·D_G)."""
         b, t = x.shape
-        positions = torch.arange(t, device=x.device) + start
+        positions = torch.arange(t, device=x.device)
+        positions = positions % self.patch_size if self.rotary else positions + start  # start is a patch boundary
         h = self.byte_embed(x.long()) + self.position_embed(positions)
         return h.reshape(b, t // self.patch_size, self.config.global_dim)
 

@@ -23,6 +23,11 @@ TINY = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=2, global_heads=2,
 TINY_FLAT = FlatConfig(dim=32, layers=2, heads=2, max_bytes=64)
 
 
+# Rotary positions over patches and a within-patch table (long-context checkpoints)
+ROTARY = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=2, global_heads=2,
+                        local_dim=16, local_layers=2, local_heads=2, max_bytes=64, positions="rotary")
+
+
 # Odd widths: matrices whose row counts are not multiples of the fused step's blocks of four
 ODD = MegaByteConfig(patch_size=4, byte_dim=6, global_layers=1, global_heads=3,
                      local_dim=18, local_layers=1, local_heads=2, max_bytes=64)
@@ -65,7 +70,7 @@ def test_changing_a_byte_never_changes_earlier_predictions(data, kind):
         assert not torch.allclose(before[row, t + 1 :], after[row, t + 1 :])
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_FLAT, ODD], ids=["megabyte", "flat", "odd"])
+@pytest.mark.parametrize("config", [TINY, TINY_FLAT, ODD, ROTARY], ids=["megabyte", "flat", "odd", "rotary"])
 @pytest.mark.parametrize("prompt_len", [0, 1, 4, 6, 8, 11])
 def test_cached_decoding_matches_full_forward(config, prompt_len, decoding_path):
     model = tiny(config)
@@ -81,7 +86,7 @@ def test_cached_decoding_matches_full_forward(config, prompt_len, decoding_path)
     assert (cached - full[:, prompt_len:]).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
+@pytest.mark.parametrize("config", [TINY, TINY_FLAT, ROTARY], ids=["megabyte", "flat", "rotary"])
 def test_predicting_from_a_later_byte_gives_the_same_logits(config):
     model = tiny(config)
     x = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1))
@@ -218,7 +223,7 @@ def test_the_fused_step_writes_the_caches_torch_writes(config, dtype, tolerance,
         torch.testing.assert_close(fused_made, torch_made, atol=tolerance * scale, rtol=tolerance)
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_FLAT], ids=["megabyte", "flat"])
+@pytest.mark.parametrize("config", [TINY, TINY_FLAT, ROTARY], ids=["megabyte", "flat", "rotary"])
 def test_greedy_generation_follows_the_full_forward_pass_past_the_context(config, decoding_path):
     model = tiny(config)
     prompt = b"xyz!!"
@@ -306,14 +311,31 @@ def test_bad_checkpoints_give_one_clear_sentence(tmp_path):
     ({"local_heads": 5}, "does not divide"),
     ({"patch_size": 0}, "positive integer"),
     ({"flavour": 1}, "unknown"),
+    ({"positions": "absolute"}, "positions must be one of learned, rotary"),
+    ({"positions": "rotary", "byte_dim": 6, "global_heads": 8}, "even width per global head"),
 ])
 def test_config_mistakes_give_one_sentence(fields, words):
     with pytest.raises(ConfigError, match=words):
         config_from_dict({**TINY.to_dict(), **fields})
 
 
+def test_rotary_positions_cost_no_parameters_per_byte_of_context():
+    short, long = (build_model(config_from_dict({**ROTARY.to_dict(), "max_bytes": n})) for n in (64, 65536))
+    assert sum(p.numel() for p in short.parameters()) == sum(p.numel() for p in long.parameters())
+    assert long.position_embed.weight.shape == (ROTARY.patch_size, ROTARY.byte_dim)
+
+
+def test_shipped_checkpoints_load_with_learned_positions_and_score_as_before():
+    """config.json files written before the positions field load as the paper's learned table;
+    the text checkpoint scores the first 6,000 bytes of Genesis as it did before rotary existed."""
+    model, _ = load_checkpoint("checkpoints/text")
+    assert model.config.positions == "learned" and model.position_embed.weight.shape == (2048, 32)
+    with open("assets/text/genesis.txt", "rb") as f:
+        assert score(model, f.read()[:6000]).bits_per_byte == pytest.approx(1.7629844, abs=1e-6)
+
+
 def test_configs_round_trip_through_json():
-    for config in (TINY, TINY_FLAT):
+    for config in (TINY, TINY_FLAT, ROTARY):
         assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 

@@ -185,9 +185,16 @@ def test_init_starts_from_shipped_weights_with_a_fresh_optimizer(tmp_path, data_
     assert abs(losses(tmp_path / "warm")[0][1] - losses(tmp_path / "first")[-1][1]) < 0.5
     assert "Started from the weights of" in (tmp_path / "warm" / "checkpoint" / "card.md").read_text()
 
-    wider = write_config(tmp_path, data_dir, "wider", **{"byte_dim = 16": "byte_dim = 8"})
+    # another shape keeps what fits: rotary positions leave only the position table fresh
+    rotary = write_config(tmp_path, data_dir, "rotary", **{"max_steps = 30": "max_steps = 6",
+                                                           "[model]": '[model]\npositions = "rotary"'})
+    train(load_run_config(rotary), resume=False, argv=["test"], init=str(tmp_path / "first" / "checkpoint"))
+    card = (tmp_path / "rotary" / "checkpoint" / "card.md").read_text()
+    assert "1 tensors of other shapes started fresh (position_embed.weight)" in card
+    model_section = CONFIG[CONFIG.index("[model]"):CONFIG.index("[data]")]
+    flat = write_config(tmp_path, data_dir, "flat", **{model_section: '[model]\nkind = "flat"\ndim = 24\nlayers = 1\nheads = 2\nmax_bytes = 256\n\n'})
     with pytest.raises(CheckpointError, match="do not fit this config's model"):
-        train(load_run_config(wider), resume=False, argv=["test"], init=str(tmp_path / "first" / "checkpoint"))
+        train(load_run_config(flat), resume=False, argv=["test"], init=str(tmp_path / "first" / "checkpoint"))
 
 
 def test_a_run_resumes_in_another_precision(tmp_path, data_dir):
@@ -217,3 +224,12 @@ def test_a_run_with_input_noise_still_learns(tmp_path, data_dir):
     train(cfg, resume=False, argv=[])
     rows = losses(tmp_path / "noisy")
     assert rows[-1][1] < rows[0][1] - 1.0
+
+
+def test_minutes_stop_a_run_evaluated_and_resumable(tmp_path, data_dir):
+    path = write_config(tmp_path, data_dir, "timed")
+    trainer = train(load_run_config(path), resume=False, argv=["test"], minutes=1e-9)
+    assert trainer["step"] == 1 and "val_bpb" in trainer
+    saved = json.loads((tmp_path / "timed" / "checkpoint" / "trainer.json").read_text())
+    assert saved["step"] == 1
+    assert train(load_run_config(path), resume=True, argv=["test"])["step"] == 30

@@ -129,6 +129,11 @@ def precision_note(trainer: dict) -> str:
     return f" (chosen at start by timing training steps: {measured})"
 
 
+def fresh_note(trainer: dict) -> str:
+    fresh = trainer.get("init_fresh") or []
+    return f"; {len(fresh)} tensors of other shapes started fresh ({', '.join(fresh)})" if fresh else ""
+
+
 def model_card(cfg: RunConfig, trainer: dict, argv: list[str], device) -> str:
     params = trainer.get("parameters", 0)
     init = trainer.get("init")
@@ -138,7 +143,7 @@ def model_card(cfg: RunConfig, trainer: dict, argv: list[str], device) -> str:
         f"- Trained: {trainer['step']} steps, {trainer['bytes_seen']:,} bytes seen, "
         f"{trainer['seconds'] / 60:.1f} minutes on {machine_description(device)}, "
         f"in {trainer.get('precision', 'fp32')}{precision_note(trainer)}.\n"
-        + (f"- Started from the weights of `{init}`, with a fresh optimizer.\n" if init else "")
+        + (f"- Started from the weights of `{init}`, with a fresh optimizer{fresh_note(trainer)}.\n" if init else "")
         + f"- Validation bits per byte (held-out files): {trainer.get('val_bpb', float('nan')):.4f}.\n"
         f"- Command: `{' '.join(argv)}`\n\n"
         f"## Data\n\n{data_summary(cfg.data.dir)}"
@@ -182,18 +187,23 @@ class Logger:
             f.write(json.dumps(row) + "\n")
 
 
-def load_weights(model, folder, device):
-    """Copies a checkpoint's weights into the model; the shapes must match the config's."""
+def load_weights(model, folder, device) -> list[str]:
+    """Copies a checkpoint's weights into the model where name and shape match (a longer
+    context, another patch size or other positions keep the rest of what was learned);
+    -> the names that start fresh. A checkpoint of another kind of model is refused."""
     loaded, _ = load_checkpoint(folder, device)
     ours, theirs = model.state_dict(), loaded.state_dict()
-    mismatched = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
-    if mismatched or set(theirs) - set(ours):
+    fitting = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
+    if loaded.config.kind != model.config.kind or not fitting:
         raise CheckpointError(f"the weights in {folder} do not fit this config's model "
-                              f"(first difference: {(mismatched or sorted(set(theirs) - set(ours)))[0]}).")
-    model.load_state_dict(theirs)
+                              f"(a {loaded.config.kind} model; this config makes a {model.config.kind} one).")
+    model.load_state_dict(fitting, strict=False)
+    return sorted(set(ours) - set(fitting))
 
 
-def train(cfg: RunConfig, resume: bool, argv: list[str], init: str | None = None):
+def train(cfg: RunConfig, resume: bool, argv: list[str], init: str | None = None, minutes: float = 0.0):
+    """Trains to the config's max_steps, or for `minutes` of this call (then evaluates and
+    checkpoints, so `--resume` goes on: side-by-side trials of equal time)."""
     t = cfg.train
     distributed = "WORLD_SIZE" in os.environ
     if distributed:
@@ -226,7 +236,7 @@ def train(cfg: RunConfig, resume: bool, argv: list[str], init: str | None = None
         restore_optimizer(optimizer, load_file(checkpoint_dir / "optimizer.safetensors", device=str(device)))
         trainer = json.loads((checkpoint_dir / "trainer.json").read_text())
     elif init:
-        load_weights(model, init, device)
+        trainer["init_fresh"] = load_weights(model, init, device)
         trainer["init"] = str(init)
     elif resume:
         raise CheckpointError(f"there is no checkpoint to resume in {checkpoint_dir}; "
@@ -260,7 +270,7 @@ def train(cfg: RunConfig, resume: bool, argv: list[str], init: str | None = None
         save_checkpoint(checkpoint_dir, model, cfg.layout, model_card(cfg, trainer, argv, device), extra=extra)
 
     local_batch = t.batch_size // world
-    last_save = time.monotonic()
+    last_save = call_started = time.monotonic()
     started = time.monotonic() - trainer["seconds"]
     bar = tqdm(total=t.max_steps, initial=trainer["step"], disable=not main, unit="step")
     model.train()
@@ -288,12 +298,17 @@ def train(cfg: RunConfig, resume: bool, argv: list[str], init: str | None = None
         step += 1
         row = {"step": step, "loss_bpb": loss.item() / math.log(2), "lr": lr,
                "bytes_seen": trainer["bytes_seen"], "seconds": round(trainer["seconds"], 2)}
-        if step % t.eval_every == 0 or step == t.max_steps:
+        out_of_time = minutes and time.monotonic() - call_started > 60 * minutes
+        if distributed:  # every process must agree on when to stop
+            flag = torch.tensor([int(bool(out_of_time))], device=device)
+            dist.broadcast(flag, 0)
+            out_of_time = bool(flag.item())
+        if step % t.eval_every == 0 or step == t.max_steps or out_of_time:
             if main:
                 row["val_bpb"] = trainer["val_bpb"] = evaluate(model, val_data, cfg, device, bf16)
             if distributed:
                 dist.barrier()
-        due = (t.checkpoint_steps and step % t.checkpoint_steps == 0) or step == t.max_steps
+        due = (t.checkpoint_steps and step % t.checkpoint_steps == 0) or step == t.max_steps or out_of_time
         due = due or time.monotonic() - last_save > 60 * t.checkpoint_minutes
         if distributed:  # every process must agree on when to save
             flag = torch.tensor([int(due)], device=device)
@@ -312,6 +327,8 @@ def train(cfg: RunConfig, resume: bool, argv: list[str], init: str | None = None
             if distributed:
                 dist.barrier()
         bar.update(1)
+        if out_of_time:
+            break
     bar.close()
     if distributed:
         dist.destroy_process_group()
@@ -328,10 +345,13 @@ def main(argv=None):
                         help="start from the weights of a checkpoint (e.g. checkpoints/text) with a fresh "
                              "optimizer and the config's warm-up; with --resume, only when there is no "
                              "run checkpoint to resume (a new machine)")
+    parser.add_argument("--minutes", type=float, default=0.0,
+                        help="stop after this many minutes of training (evaluated and checkpointed, "
+                             "so --resume goes on); default: run to max_steps")
     args = parser.parse_args(argv)
     try:
         cfg = load_run_config(args.config)
-        train(cfg, args.resume, ["python -m training.train", *argv], init=args.init)
+        train(cfg, args.resume, ["python -m training.train", *argv], init=args.init, minutes=args.minutes)
     except (ConfigError, CheckpointError) as e:
         sys.exit(f"error: {e}")
 

@@ -32,7 +32,7 @@ INSTRUMENTS = {"piano": 0, "organ": 16, "guitar": 24, "violin": 40, "clarinet": 
                "ocarina": 79, "square lead": 80}
 TUNES = 480
 TINY_TUNES = 8
-MAX_SECONDS = 30.0
+MAX_SECONDS = 60.0          # whole tunes with their repeats: long-context models recall the notes
 PEAK = 0.7
 SILENCE = 1e-3
 RENDER_SECONDS = 60          # a render that takes longer is a stuck note: skip the tune
