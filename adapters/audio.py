@@ -5,18 +5,31 @@ import io
 import numpy as np
 import soundfile as sf
 
+from model import Sampling
+
 from .common import AdapterError, read_source
 from .layout import Layout
 
 MU = 255
 ZERO_CROSSINGS = 16  # half-width of the resampling filter, in sinc lobes: sharper cut-off, more work
-CHUNK = 8192  # output samples resampled at once, to bound memory
+CHUNK = 8192  # output samples resampled at once, and frames read at once, to bound memory
 UNREADABLE = "The audio file is corrupt, truncated or in an unsupported format."
+# Rates a header may claim: a 96 MHz or 1 Hz claim would make resampling take gigabytes or
+# stretch each sample into thousands. 4 kHz is below any telephone codec, 192 kHz studio audio's top.
+MIN_RATE, MAX_RATE = 4_000, 192_000
 # Sampling µ-law audio from the whole distribution now and then draws a code far out in the
 # tail: a loud click, after which the model expects a louder signal, and the continuation runs
 # away (a quiet piano prompt, RMS 0.03, went to 0.14-0.22 within 0.5 s at top-p 1, and stayed
-# at 0.02-0.05 with top-p 0.9). Keeping the top 90% of the probability cuts those tails.
-DEFAULT_TOP_P = 0.9
+# at 0.02-0.05 with top-p 0.9). Top-p 0.9 cut those tails, but the general audio checkpoint
+# still faded (2 of 3 validation music clips below 0.3× the prompt's loudness). Min-p 0.1 (keep
+# bytes with p >= 0.1·p_max) cuts the tail relative to the likeliest byte instead: on 4 melody
+# and 3 music validation prompts, 0.5 s each (bench/results/samplers.md), it kept similarity
+# at least today's on both checkpoints (0.297 and 0.864, top-p 0.9: 0.243 and 0.845) with one
+# loudness failure instead of two, the fewest of the rules a stream can use; best-of-4 by
+# likelihood did as well with lower flatness, but needs all four continuations before it can pick.
+# On 4 melody test tunes (bench/results/samplers_test.md): flatness 0.21 against top-p's 0.39,
+# similarity 0.40 against 0.34, loudness drift 1.22 against 0.72. Few prompts: a first measurement.
+DEFAULT_SAMPLING = Sampling(min_p=0.1)
 
 
 def load(source, layout: Layout, max_seconds: float | None = None) -> np.ndarray:
@@ -29,17 +42,21 @@ def load(source, layout: Layout, max_seconds: float | None = None) -> np.ndarray
     if _cut_short(data):
         raise AdapterError(UNREADABLE)
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            wanted = f.frames if max_seconds is None else min(f.frames, int(max_seconds * f.samplerate))
-            frames = f.read(wanted, dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:  # opening reads the header only
             rate = f.samplerate
+            if not MIN_RATE <= rate <= MAX_RATE:
+                raise AdapterError(f"The audio's sample rate is {rate:,} Hz; it must be between {MIN_RATE:,} and "
+                                  f"{MAX_RATE:,} Hz.")
+            wanted = f.frames if max_seconds is None else min(f.frames, int(max_seconds * rate))
+            mono = _read_mono(f, wanted)
     except (sf.SoundFileError, RuntimeError):
         raise AdapterError(UNREADABLE) from None
-    if len(frames) < wanted:  # e.g. a FLAC cut between frames: fewer samples than its header promises
+    if len(mono) < wanted:  # e.g. a FLAC cut between frames: fewer samples than its header promises
         raise AdapterError(UNREADABLE)
-    if not len(frames):
-        raise AdapterError("The audio file has no samples.")
-    return _clean(_resample(frames.mean(axis=1), rate, layout.sample_rate)).astype(np.float32)
+    samples = _resample(mono, rate, layout.sample_rate)
+    if not len(samples):  # none in the file, or too few for one at the layout's rate
+        raise AdapterError(f"The audio file has no samples at {layout.sample_rate:,} Hz.")
+    return _clean(samples).astype(np.float32)
 
 
 def encode(samples: np.ndarray, layout: Layout) -> bytes:
@@ -84,6 +101,20 @@ def _require_audio(layout):
 
 def _clean(samples) -> np.ndarray:
     return np.clip(np.nan_to_num(np.asarray(samples, dtype=np.float64)), -1, 1)
+
+
+def _read_mono(f: sf.SoundFile, frames: int) -> np.ndarray:
+    """Up to `frames` frames from the start, mixed to mono. Read a block at a time, because
+    soundfile's read(frames) allocates all the header claims at once (256 GB for a FLAC
+    claiming 2^36 samples), and a mono block is kept, not its channels."""
+    blocks, read = [], 0
+    while read < frames:
+        block = f.read(min(CHUNK, frames - read), dtype="float32", always_2d=True)
+        if not len(block):  # the file ends before its header says
+            break
+        blocks.append(block.mean(axis=1))
+        read += len(block)
+    return np.concatenate(blocks) if blocks else np.empty(0, np.float32)
 
 
 def _cut_short(data: bytes) -> bool:

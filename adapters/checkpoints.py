@@ -4,9 +4,10 @@ for a modality. Shared by the app, the command line and the benchmarks."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 from model import CheckpointError, load_checkpoint, read_config
 
@@ -50,6 +51,30 @@ def load_for(modality: str, folder, device="cpu") -> tuple[object, Layout]:
     layout = Layout.from_dict(layout)
     check_fits(layout, modality, folder)
     return model, layout
+
+
+# Bytes of an input each checkpoint scores to choose among them: 2 s of 8 kHz audio (the audio
+# view's default prompt; 4 s took about 2 s per checkpoint on a busy 2-core CPU), a whole 32×32 image.
+AUTO_BYTES = 16_384
+
+
+@dataclass
+class Fit:
+    """How surprised one checkpoint is by an input."""
+
+    folder: Path
+    bits_per_byte: float
+
+
+def rank(candidates, encode, limit: int = AUTO_BYTES) -> list[Fit]:
+    """Each candidate (folder, model, layout) scores the input as `encode(layout)` gives it
+    (its first `limit` bytes), least surprised first: the likelihood is the model's own
+    measure of fit, so it chooses the checkpoint for an upload (the app's "auto")."""
+    from model import score
+
+    fits = [Fit(Path(folder), score(model, encode(layout)[:limit]).bits_per_byte)
+            for folder, model, layout in candidates]
+    return sorted(fits, key=lambda fit: fit.bits_per_byte)
 
 
 def encode_media(path, layout: Layout) -> bytes:

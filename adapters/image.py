@@ -6,13 +6,33 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
+from model import Sampling
+
 from .common import AdapterError, read_source
 from .layout import Layout
 
 # Completing emoji from the whole distribution (top-p 1) draws a wrong colour now and then, and
 # the row runs on in streaks of it; keeping the top 90% of the probability held flat colours
 # and the frames of boxes on held-out (validation) emoji, where temperature 0.8 gave up to white.
-DEFAULT_TOP_P = 0.9
+# Against min-p, η-sampling, LPCNet's floor and sharpening and best-of-4 (bench.samplers), top-p
+# 0.9 still brought the completed half's colours closest to the kept half's, averaged over 40
+# validation emoji and 40 validation photos (bench/results/samplers_image_40.md: colour distance
+# 0.238 and 0.165; best-of-4 by likelihood tied, 0.236 and 0.167; η 0.02, first on 12 images,
+# 0.231 and 0.194). No rule beat it by more than the noise between runs.
+DEFAULT_SAMPLING = Sampling(top_p=0.9)
+# A 144-megapixel PNG of one colour is a 420 KB file that takes gigabytes to decode, and Pillow
+# only warns about it (DecompressionBombWarning, from 89 MP; it refuses from 179 MP). We refuse,
+# from the header, more pixels than this: all Pillow warns about, yet more than most photos.
+# Decoding peaks at about 600 MB for RGBA, 250 MB for a progressive JPEG (which holds all its
+# coefficients even when decoded at 1/8 of its size). A warnings.catch_warnings filter is no
+# substitute: it swaps process-wide state under the app's threads, and can leave it swapped.
+MAX_PIXELS = 40_000_000
+TOO_MANY_PIXELS = f"The image has more than {MAX_PIXELS // 1_000_000} million pixels, too many to read safely."
+# load shrinks a large image by whole factors (a JPEG while decoding, others before resizing)
+# while its shorter side keeps at least this many times the layout's side. Pixels then differ
+# from the full image's resize by about one level in 255 on average (photos of 3-5k pixels),
+# and images up to this size come out as they always did.
+SHRINK_MARGIN = 8
 
 
 def load(source, layout: Layout) -> Image.Image:
@@ -21,18 +41,23 @@ def load(source, layout: Layout) -> Image.Image:
     the largest centred square is kept and resized."""
     _require_image(layout)
     size = layout.image_size
-    return ImageOps.fit(open_rgb(source), (size, size), method=Image.Resampling.LANCZOS)
+    img = open_rgb(source, shortest_side=SHRINK_MARGIN * size)
+    side = min(img.size)
+    left, top = (img.width - side) / 2, (img.height - side) / 2
+    return img.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side),
+                      reducing_gap=SHRINK_MARGIN)
 
 
-def open_rgb(source) -> Image.Image:
-    """The whole image as RGB, at its own size: EXIF rotation applied, transparency on white."""
+def open_rgb(source, shortest_side: int | None = None) -> Image.Image:
+    """The image as RGB, EXIF rotation applied, transparency on white; at its own size, but a
+    JPEG decoded at a fraction of it where that keeps `shortest_side` pixels on its shorter side."""
     if isinstance(source, Image.Image):
-        img = source
+        img = ImageOps.exif_transpose(source)  # phone photos store their rotation in EXIF
     elif isinstance(source, np.ndarray):
         img = _from_array(source)
     else:
-        img = _open(read_source(source))
-    return _to_rgb(ImageOps.exif_transpose(img))  # phone photos store their rotation in EXIF
+        img = _open(read_source(source), shortest_side)
+    return _to_rgb(img)
 
 
 def encode(img: Image.Image, layout: Layout) -> bytes:
@@ -105,14 +130,22 @@ def _require_image(layout):
         raise AdapterError(f"This needs an image layout, not a {layout.modality} one.")
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, shortest_side: int | None) -> Image.Image:
+    """The decoded image, upright, its size checked from the header first."""
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()  # Pillow opens lazily; decoding now surfaces truncation here
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        if img.width * img.height > MAX_PIXELS:
+            raise AdapterError(TOO_MANY_PIXELS)
+        if shortest_side:
+            img.draft(None, (shortest_side, shortest_side))  # JPEG only; other formats ignore it
+        img.load()  # decoding now surfaces truncation here
+        ImageOps.exif_transpose(img, in_place=True)  # and a corrupt EXIF here; in place: no copy of a large image
+    except AdapterError:  # ours, which the ValueError below would catch
+        raise
     except Image.UnidentifiedImageError:
         raise AdapterError("This is not an image Pillow can read (cannot identify image file).") from None
     except Image.DecompressionBombError:
-        raise AdapterError("The image has too many pixels to open safely.") from None
+        raise AdapterError(TOO_MANY_PIXELS) from None
     except (OSError, SyntaxError, ValueError, EOFError):
         raise AdapterError("The image file is truncated or corrupt.") from None
     return img

@@ -29,6 +29,7 @@ import adapters
 from app import limits, service
 from app.service import UserError
 from model import bucket_for
+from model.compress import MAX_LENGTH
 
 SPOTS = 3  # how many of the most surprising places the summary names
 
@@ -165,7 +166,8 @@ def generate_image(args):
 def generate_audio(args):
     check_writable(args.out, args.samples)
     model, layout = load_checkpoint(args, "audio")
-    prompt = service.encode_file(args.file, layout, max_audio_seconds=args.prompt_seconds)
+    seconds = limits.prompt_seconds(model.context / layout.sample_rate).check(args.prompt_seconds)
+    prompt = service.encode_file(args.file, layout, max_audio_seconds=seconds)
     new_bytes = adapters.audio.seconds_to_bytes(args.seconds, layout)
     clips = continue_prompt(model, prompt, new_bytes, args)
     save_all(args.out, [adapters.audio.to_wav_bytes(adapters.audio.decode(clip, layout), layout.sample_rate)
@@ -182,9 +184,9 @@ def load_checkpoint(args, modality: str):
 
 def continue_prompt(model, prompt: bytes, new_bytes: int, args) -> list[bytes]:
     """The prompt followed by each sample's new bytes."""
-    top_p = service.default_top_p(args.kind) if args.top_p is None else args.top_p
-    how = service.sampling(args.temperature, args.top_k, top_p)
+    how = service.default_sampling(args.kind, args.temperature, args.top_k, args.top_p)
     if args.compile:
+        service.use_compile_cache()
         service.compile_now(model, (bucket_for(args.samples),))  # as the app does, in the foreground
     stream = service.continue_bytes(model, prompt, new_bytes, args.samples, how, args.seed)
     with progress_bar(new_bytes, "generating") as bar:
@@ -262,6 +264,10 @@ def compress(args):
 
 
 def decompress(args):
+    length = service.read_mbz_header(args.file)["length"]
+    if length > args.max_bytes:
+        raise UserError(f"{args.file} holds {length:,} bytes, over the limit of {args.max_bytes:,}; pass "
+                        f"--max-bytes {length} to decompress it all (a progress bar shows the time left).")
     out = args.output or default_decompressed_path(args.file, service.decompressed_suffix(args.file))
     refuse_to_replace(out, args.output)  # before the work, not after it
     with progress_bar(0, "decompressing") as bar:
@@ -269,7 +275,7 @@ def decompress(args):
             bar.total = total
             bar.update(done - bar.n)
 
-        result = service.decompress(args.file, args.checkpoint, progress=advance)
+        result = service.decompress(args.file, args.checkpoint, progress=advance, max_length=args.max_bytes)
     save(out, result.content)
     note = service.coding_note(result.layout)
     print(f"{args.file} -> {out}: {len(result.data):,} bytes as {result.layout.modality}"
@@ -313,6 +319,9 @@ def add_coding_commands(commands, checkpoint: Parser):
     decompress_parser.add_argument("file", type=Path, metavar="FILE.mbz")
     decompress_parser.add_argument("-o", "--output", type=Path, metavar="OUT",
                                    help="where to write (default: FILE without .mbz; .png or .wav for media)")
+    decompress_parser.add_argument("--max-bytes", type=int, default=MAX_LENGTH, metavar="N",
+                                   help="refuse a file that holds more bytes than this (default: %(default)s, "
+                                        "about half an hour on one CPU core)")
     decompress_parser.set_defaults(run=decompress)
 
 
@@ -355,8 +364,11 @@ def build_parser() -> Parser:
     sampling.add_argument("--top-k", type=limits.TOP_K.argument, default=0, metavar="K",
                           help="draw among the K likeliest bytes, up to 256; 0 keeps all (default: 0)")
     sampling.add_argument("--top-p", type=float, default=None, metavar="P",
-                          help="draw among the likeliest bytes that together make up probability P "
-                               "(default: 0.9 for images and audio, 1 (all) for text)")
+                          help="draw among the likeliest bytes that together make up probability P; images "
+                               "and audio also draw by the rule bench/results/samplers.md chose (images: "
+                               f"{adapters.image.DEFAULT_SAMPLING.describe()}; audio: "
+                               f"{adapters.audio.DEFAULT_SAMPLING.describe()}) (default: the rule's top-p; 1, all, "
+                               "for text)")
     sampling.add_argument("--samples", type=limits.SAMPLES.argument, default=1, metavar="N",
                           help=f"how many outputs, 1 to {limits.MAX_SAMPLES} (default: 1); several are written to OUT_1, OUT_2, ... "
                                "beside OUT (printed text comes one after another)")
@@ -393,7 +405,8 @@ def build_parser() -> Parser:
                                          "writes a WAV of prompt and continuation at the checkpoint's rate.")
     audio.add_argument("file", type=Path, metavar="FILE")
     audio.add_argument("--prompt-seconds", type=positive_seconds, default=1.0, metavar="S",
-                       help="how much of the clip's start to keep (default: 1)")
+                       help="how much of the clip's start to keep, up to what the checkpoint's context holds "
+                            f"and at least {limits.SHORT_CONTEXT_AUDIO_SECONDS:g} s (default: 1)")
     audio.add_argument("--seconds", type=positive_seconds, default=1.0, metavar="S",
                        help="how much to add (default: 1)")
     audio.add_argument("--out", type=Path, default=Path("continuation.wav"),

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from app.service import UserError
 
 # Caps, each named in the interface. Speeds measured on 2 shared CPU cores with one torch thread.
-MAX_UPLOAD_MB = 5
-MAX_SCORE_BYTES = 20_000  # text or raw bytes in the explorer: ~3 s to score (~7 KB/s), ~2 MB of coloured HTML
-MAX_AUDIO_SECONDS = 5.0  # of a clip, scored as a prompt or in the explorer (40,000 bytes at 8 kHz)
+MAX_UPLOAD_MB = 5  # a million-byte text fits
+MAX_SCORE_BYTES = 1_000_000  # text or raw bytes in the explorer, scored whole: ~45 s with the text model (~23 KB/s)
+DETAIL_BYTES = 4_096  # the explorer colours only this window of the input: ~0.5 MB of HTML, not 1 MB of spans
+# A clip, as a prompt or in the explorer, may fill the checkpoint's context (audio_seconds); a
+# checkpoint whose context is shorter still takes this much, read through sliding windows.
+SHORT_CONTEXT_AUDIO_SECONDS = 5.0
 MAX_CONTINUE_SECONDS = 4.0  # generation makes ~300-1,000 bytes a second: 4 s of 8 kHz audio is 30-100 s
 MAX_SAMPLES = 8
 MAX_SEED = 2**31 - 1  # what a browser's number box holds exactly, and torch's generator takes
@@ -64,10 +67,24 @@ SAMPLES = Range("Samples", 1, MAX_SAMPLES, whole=True)
 TEMPERATURE = Range("Temperature", 0, MAX_TEMPERATURE)
 TOP_K = Range("Top-k", 0, 256, whole=True)
 SEED = Range("Seed", 0, MAX_SEED, whole=True)
-PROMPT_SECONDS = Range("Prompt seconds", 0.25, MAX_AUDIO_SECONDS)
 CONTINUE_SECONDS = Range("Seconds to continue", 0.25, MAX_CONTINUE_SECONDS)
 
 
 def rows(image_size: int, block_side: int = 1) -> Range:
     """Top rows to keep: at least one, and at least one row (or row of blocks) left to make."""
     return Range("Top rows to keep", 1, image_size - block_side, whole=True)
+
+
+def audio_seconds(context_seconds: float) -> float:
+    """The most seconds of a clip a checkpoint takes, as a prompt or in the explorer: the whole
+    seconds its context holds (16 for 131,072 bytes at 8 kHz), at least SHORT_CONTEXT_AUDIO_SECONDS."""
+    return float(max(SHORT_CONTEXT_AUDIO_SECONDS, math.floor(context_seconds)))
+
+
+def prompt_seconds(context_seconds: float) -> Range:
+    return Range("Prompt seconds", 0.25, audio_seconds(context_seconds))
+
+
+def window_start(length: int) -> Range:
+    """The first byte of the explorer's coloured window in an input of `length` bytes."""
+    return Range("Window start", 0, max(length - 1, 0), whole=True)

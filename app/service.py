@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import functools
 import lzma
 import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -22,8 +23,8 @@ import torch
 import adapters
 from adapters import AdapterError, Layout
 from adapters.common import read_source
-from model import (BATCH_BUCKETS, CheckpointError, GenerationStatus, Sampling, Scores, compile_for_buckets,
-                   compile_scoring, load_checkpoint, score, stream_bytes)
+from model import (BATCH_BUCKETS, CheckpointError, Decoder, GenerationStatus, Sampling, Scores, compile_scoring,
+                   load_checkpoint, score, stream_bytes)
 from model.hardware import bf16_faster
 import model.compress as mbz
 
@@ -37,6 +38,46 @@ COMPILE_CACHE = Path.home() / ".cache" / "megabyte-studio"
 
 class UserError(ValueError):
     """Something the user asked for that cannot be done; the message is one sentence."""
+
+
+# Every request's wall-clock budget: BUDGET_START_SECONDS (loading a checkpoint, a first call's
+# warm-up) plus BUDGET_FACTOR times what its bytes take at these speeds, the slowest of the shipped
+# checkpoints measured on 2 CPU cores shared with a training run, one torch thread, eager (nothing
+# compiled yet): scoring 12,000-90,000 bytes/s; coding (compress, decompress, score --adapt)
+# 1,200-14,000; generating 1,500-2,600 new bytes/s at one sample, 6,500-12,000 at eight (all
+# samples counted). Generous, so that a busy server never stops an honest request; one that runs
+# away (a stuck step, a size nobody meant) still ends.
+SCORE_BYTES_PER_SECOND = 10_000
+CODING_BYTES_PER_SECOND = 1_000
+GENERATE_BYTES_PER_SECOND = 1_000
+BUDGET_FACTOR = 10
+BUDGET_START_SECONDS = 30
+
+
+@dataclass
+class Budget:
+    """How long a request may take; past that, check() stops it with a UserError that says so."""
+
+    doing: str  # what the request does, for its sentence: "Scoring 20,000 bytes"
+    seconds: float
+    start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def for_bytes(cls, verb: str, n: int, bytes_per_second: float) -> Budget:
+        return cls(f"{verb} {n:,} bytes", BUDGET_START_SECONDS + BUDGET_FACTOR * n / bytes_per_second)
+
+    def check(self):
+        if time.perf_counter() - self.start > self.seconds:
+            raise UserError(f"{self.doing} ran past its time budget of {self.seconds:,.0f} s and was stopped; "
+                            "the server may be busy: try again later, or with less.")
+
+    def watching(self, progress=None):
+        """A (done, total) progress callback that checks the budget, then calls `progress`."""
+        def report(done: int, total: int):
+            self.check()
+            if progress:
+                progress(done, total)
+        return report
 
 
 # The checkpoint each modality opens on when it is there; else the first that fits, by name.
@@ -63,10 +104,15 @@ def _load(folder: str):
     return model, Layout.from_dict(layout)
 
 
-def default_top_p(modality: str) -> float:
-    """Images and audio keep the top 90% of the probability (see adapters.image/audio.DEFAULT_TOP_P
-    for what that fixed); text and bytes draw from every byte."""
-    return {"image": adapters.image.DEFAULT_TOP_P, "audio": adapters.audio.DEFAULT_TOP_P}.get(modality, 1.0)
+def default_sampling(modality: str, temperature: float = 1.0, top_k: int = 0,
+                     top_p: float | None = None) -> Sampling:
+    """The modality's rule with the user's temperature and top-k, and their top-p when given. Images
+    and audio draw by the rule bench.samplers chose (adapters.image/audio.DEFAULT_SAMPLING says what
+    it fixed); text and bytes draw from every byte."""
+    rules = {"image": adapters.image.DEFAULT_SAMPLING, "audio": adapters.audio.DEFAULT_SAMPLING}
+    rule = rules.get(modality, Sampling())
+    asked = sampling(temperature, top_k, rule.top_p if top_p is None else top_p)
+    return replace(rule, temperature=asked.temperature, top_k=asked.top_k, top_p=asked.top_p)
 
 
 def sampling(temperature: float, top_k: int, top_p: float = 1.0) -> Sampling:
@@ -112,6 +158,8 @@ def score_bytes(model, data: bytes, progress=None, adapt: bool = False, modality
     if not data:
         raise UserError("There is nothing to score: the input is empty.")
     start = time.perf_counter()
+    budget = Budget.for_bytes("Scoring", len(data), CODING_BYTES_PER_SECOND if adapt else SCORE_BYTES_PER_SECOND)
+    progress = budget.watching(progress)
     if adapt:
         scores = mbz.coded_scores(model, data, adaptation(modality), progress)
     else:  # bf16 where it is faster: the view shows bits, it does not need fp32's exactness
@@ -135,22 +183,67 @@ def encode_file(source, layout: Layout, max_audio_seconds: float | None = None) 
         raise UserError(str(e)) from None
 
 
+AUTO = "auto"  # the checkpoint choice that scores the input under every checkpoint of its medium
+
+
+def rank_checkpoints(source, modality: str, root: str | Path = CHECKPOINTS,
+                     max_audio_seconds: float | None = None) -> list[adapters.checkpoints.Fit]:
+    """Every checkpoint of the medium scores the input as its own layout encodes it, least
+    surprised first (adapters.checkpoints.rank)."""
+    candidates = [(folder, *load_for(modality, folder)) for folder in adapters.checkpoints.catalog(root, modality)]
+    if not candidates:
+        raise UserError(f"There is no {modality} checkpoint in {root}.")
+    return adapters.checkpoints.rank(candidates, lambda layout: encode_file(source, layout, max_audio_seconds))
+
+
+def fits_summary(fits: list[adapters.checkpoints.Fit], unit: str, done: str) -> str:
+    """ "photos 4.90 · emoji 5.31 bits per subpixel: continued with photos" """
+    scored = " · ".join(f"{fit.folder.name} {fit.bits_per_byte:.2f}" for fit in fits)
+    return f"{scored} bits per {unit}: {done} with {fits[0].folder.name}"
+
+
 def continue_bytes(model, prompt: bytes, new_bytes: int, samples: int, how: Sampling, seed: int = 0,
                    status: GenerationStatus | None = None):
-    """model.stream_bytes, the request checked first: yields the new bytes (samples, m) as they
-    are made, on the compiled step when compile_now has made it for this batch, eagerly until then."""
+    """model.stream_bytes on the model's decoder (see `decoder`), the request checked first:
+    yields the new bytes (samples, m) as they are made; `status.path` says which decoder ran;
+    stopped with a UserError past its Budget."""
     if new_bytes < 1:
         raise UserError("Ask for at least one new byte.")
     if not 1 <= samples <= BATCH_BUCKETS[-1]:
         raise UserError(f"The number of samples must be between 1 and {BATCH_BUCKETS[-1]}.")
-    yield from stream_bytes(model, prompt, new_bytes, samples, how, seed, status)
+    budget = Budget.for_bytes("Generating", new_bytes * samples, GENERATE_BYTES_PER_SECOND)
+    for part in stream_bytes(decoder(model), prompt, new_bytes, samples, how, seed, status):
+        budget.check()
+        yield part
+
+
+def use_compile_cache():
+    """Keeps inductor's compiled code in COMPILE_CACHE, so that a restart reuses it. Called once at
+    start-up, before anything compiles: the environment is the process's, not one thread's."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(COMPILE_CACHE / "inductor"))
+
+
+# model -> the Decoder its requests take: made by compile_now (the fused step where it builds, the
+# faster dtype, compiled buckets), so a request never waits for a build; torch's layers in fp32 until then
+_decoders: dict = {}
+
+
+@functools.cache
+def _eager_decoder(model) -> Decoder:
+    return Decoder(model, torch.float32, fused=False)
+
+
+def decoder(model) -> Decoder:
+    """The decoder a request on `model` takes now; its describe() is what the views print."""
+    return _decoders.get(model) or _eager_decoder(model)
 
 
 def compile_now(model, buckets=BATCH_BUCKETS):
-    """model.compile_for_buckets, with inductor's cache in COMPILE_CACHE, so that a restart
-    reuses the compiled code."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(COMPILE_CACHE / "inductor"))
-    compile_for_buckets(model, buckets)
+    """Compiles `model`'s fastest decoder (Decoder.fastest) for `buckets`, into the cache
+    use_compile_cache chose at start-up; requests take it from then on."""
+    fast = _decoders.get(model) or Decoder.fastest(model)
+    fast.compile(buckets)
+    _decoders[model] = fast
 
 
 # model -> its forward compiled for score_bytes' full batches of windows, filled by compile_scoring_now
@@ -249,13 +342,18 @@ def is_mbz(blob: bytes) -> bool:
     return blob[: len(mbz.MAGIC)] == mbz.MAGIC
 
 
+def recorded_layout(layout: Layout, modality: str) -> Layout:
+    """The layout a .mbz of `modality`'s bytes records, coded by a checkpoint of `layout`: an
+    image's or audio's is the checkpoint's; text and bytes, which share checkpoints, say which."""
+    return layout if layout.modality in ("image", "audio") else Layout(modality)
+
+
 def compress_bytes(data: bytes, modality: str, checkpoint: str | Path, adapt: bool = False, progress=None) -> bytes:
     """The .mbz of bytes already in `modality`'s layout (what encode_file gives), coded by the checkpoint."""
     model, layout = load_for(modality, checkpoint)
-    recorded = layout if layout.modality in ("image", "audio") else Layout(modality)
     try:
-        return mbz.compress(model, data, checkpoint_sha256(checkpoint), recorded.to_dict(), Path(checkpoint).name,
-                            adaptation(modality) if adapt else None, progress)
+        return mbz.compress(model, data, checkpoint_sha256(checkpoint), recorded_layout(layout, modality).to_dict(),
+                            Path(checkpoint).name, adaptation(modality) if adapt else None, progress)
     except mbz.CompressError as e:
         raise UserError(str(e)) from None
 
@@ -287,15 +385,24 @@ def decompressed_suffix(source) -> str:
     return SAVED_AS.get(read_mbz_header(source)["layout"].get("modality"), "")
 
 
-def decompress(source, checkpoint: str | Path | None = None, progress=None) -> Decompressed:
-    """A .mbz (path, bytes or file object) back to its bytes, and the file they make; the
-    checkpoint that coded it is found under checkpoints/ by its sha256 unless named."""
-    header = read_mbz_header(source)
+def decompress(source, checkpoint: str | Path | None = None, progress=None,
+               max_length: int = mbz.MAX_LENGTH) -> Decompressed:
+    """A .mbz (path, bytes or file object) of at most `max_length` bytes back to its bytes, and
+    the file they make; the checkpoint that coded it is found under checkpoints/ by its sha256
+    unless named. The header must claim only what compress_bytes writes with that checkpoint."""
     try:
-        blob = read_source(source)
-        folder = checkpoint or _checkpoint_with(header["checkpoint_sha256"], header["checkpoint"])
-        model, _ = load(folder)
-        data, recorded = mbz.decompress(model, blob, checkpoint_sha256(folder), progress)
+        blob = read_source(source)  # once: a file object reads only once
+    except AdapterError as e:
+        raise UserError(str(e)) from None
+    header = read_mbz_header(blob)
+    folder = checkpoint or _checkpoint_with(header["checkpoint_sha256"], header["checkpoint"])
+    model, own = load(folder)
+    modalities = adapters.checkpoints.READABLE[own.modality]
+    try:
+        data, recorded = mbz.decompress(
+            model, blob, checkpoint_sha256(folder), progress, max_length=max_length,
+            layouts=[recorded_layout(own, modality).to_dict() for modality in modalities],
+            adaptations=[None, *(adaptation(modality) for modality in modalities)])
         layout = Layout.from_dict(recorded)
     except (mbz.CompressError, AdapterError) as e:
         raise UserError(str(e)) from None

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import io
 import logging
 import mimetypes
 import os
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 # Nothing may call home: Gradio reads these when it is imported.
@@ -22,6 +26,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 import numpy as np
 import soundfile as sf
 import torch
@@ -31,8 +36,9 @@ import adapters
 from adapters import AdapterError, Layout
 from app import limits, service, views
 from app.cli import default_decompressed_path
-from app.limits import MAX_AUDIO_SECONDS, MAX_SCORE_BYTES, MAX_UPLOAD_MB
+from app.limits import DETAIL_BYTES, MAX_SCORE_BYTES, MAX_UPLOAD_MB, SHORT_CONTEXT_AUDIO_SECONDS
 from app.service import UserError
+import model.compress as mbz
 from model import CheckpointError, read_config
 
 ASSETS = service.ROOT / "assets"
@@ -49,6 +55,10 @@ EXPLORER_KINDS = ("auto", "text", "image", "audio", "bytes")
 AUTO_CHECKPOINT = "auto"
 PROGRESS_EVERY_SECONDS = 0.25
 TAIL_SECONDS = 1.0  # the continuation is measured against this much of the prompt's end
+# The files Gradio serves (downloads, plots, audio, uploads) stay in its cache this long at most:
+# time enough to fetch them. Older ones are looked for every SWEEP_EVERY_SECONDS.
+KEEP_FILES_SECONDS = 3600
+SWEEP_EVERY_SECONDS = 600
 
 log = logging.getLogger("app")
 
@@ -88,9 +98,8 @@ def shown_in_page(endpoint: str):
 
 
 def sampling_settings(temperature, top_k, seed, modality: str):
-    """The sampling knobs, each checked against its control's range, with the modality's top-p, and the seed."""
-    how = service.sampling(limits.TEMPERATURE.check(temperature), limits.TOP_K.check(top_k),
-                           service.default_top_p(modality))
+    """The sampling knobs, each checked against its control's range, with the modality's rule, and the seed."""
+    how = service.default_sampling(modality, limits.TEMPERATURE.check(temperature), limits.TOP_K.check(top_k))
     return how, limits.SEED.check(seed)
 
 
@@ -165,8 +174,9 @@ def picture_html(img: Image.Image) -> str:
             'style="image-rendering:pixelated">')
 
 
-def how_encoded(original: bytes, kind: str, layout: Layout, encoded: int) -> str:
-    """One line on how a file became the bytes the model scored (empty for text and raw bytes)."""
+def how_encoded(original: bytes, kind: str, layout: Layout, encoded: int, max_seconds: float | None) -> str:
+    """One line on how a file became the bytes the model scored (empty for text and raw bytes);
+    audio was cut to `max_seconds`."""
     if kind == "image":
         img = Image.open(io.BytesIO(original))
         size, order = layout.image_size, ("row by row" if layout.block_side == 1
@@ -176,7 +186,7 @@ def how_encoded(original: bytes, kind: str, layout: Layout, encoded: int) -> str
                 "3 bytes (R, G, B) a pixel.")
     if kind == "audio":
         info = sf.info(io.BytesIO(original))
-        kept = f"its first {MAX_AUDIO_SECONDS:g} s" if info.duration > MAX_AUDIO_SECONDS else "all of it"
+        kept = f"its first {max_seconds:g} s" if info.duration > max_seconds else "all of it"
         return (f"The {info.format} file ({len(original):,} bytes, {info.samplerate:,} Hz, {info.channels} "
                 f"channel{'s' if info.channels > 1 else ''}, {info.duration:.1f} s) became {encoded:,} bytes: "
                 f"{kept}, mixed to mono, resampled to {layout.sample_rate:,} Hz, one µ-law byte a sample.")
@@ -199,12 +209,29 @@ class Reading:
     download: str | None = None  # for a .mbz, the decompressed file
 
 
-def explorer_cap(layout: Layout) -> int:
-    """The most bytes the explorer reads in a layout: its caps on text and raw bytes, audio, and one image."""
+@dataclass
+class Explored:
+    """The explorer's last scored text or raw bytes, kept in the page's session (gr.State), so
+    that another window of them is coloured without scoring them again."""
+
+    kind: str  # text or bytes
+    scored: service.ScoreResult
+
+    def window(self, start: int) -> str:
+        return views.window_html(self.scored.data, self.scored.scores, self.kind, start, DETAIL_BYTES)
+
+
+def clip_seconds(layout: Layout, context: int) -> float | None:
+    """The most seconds of audio a checkpoint of this context takes (limits.audio_seconds); None for other layouts."""
+    return limits.audio_seconds(context / layout.sample_rate) if layout.modality == "audio" else None
+
+
+def explorer_cap(layout: Layout, context: int) -> int:
+    """The most bytes the explorer reads with a checkpoint: its caps on text and raw bytes, audio, and one image."""
     if layout.modality == "image":
         return layout.bytes_per_image
     if layout.modality == "audio":
-        return adapters.audio.seconds_to_bytes(MAX_AUDIO_SECONDS, layout)
+        return adapters.audio.seconds_to_bytes(clip_seconds(layout, context), layout)
     return MAX_SCORE_BYTES
 
 
@@ -217,10 +244,45 @@ def decompressed_name(name: str, suffix: str, kind: str) -> str:
 
 def download(content: bytes, name: str) -> str:
     """`content` written as a file called `name` for the user to download, in a folder of its own
-    (two requests may want the same name); Gradio serves a copy from its cache."""
-    path = Path(tempfile.mkdtemp(prefix="megabyte-studio-")) / name
+    (two requests may want the same name) in Gradio's cache: Gradio serves it from there, without
+    a copy, and it goes with the cache's other files once older than KEEP_FILES_SECONDS."""
+    cache = Path(get_upload_folder())
+    cache.mkdir(parents=True, exist_ok=True)  # Gradio makes it on first use
+    path = Path(tempfile.mkdtemp(dir=cache)) / name
     path.write_bytes(content)
     return str(path)
+
+
+def remove_old_files(folder: Path, kept: set[Path]):
+    """Removes the files and empty folders under `folder` unchanged for KEEP_FILES_SECONDS (a
+    folder just made is about to get its file), but those in `kept`."""
+    cutoff = time.time() - KEEP_FILES_SECONDS
+    for parent, folders, files in os.walk(folder, topdown=False):  # a folder's files before the folder
+        for name in files + folders:
+            path = Path(parent, name)
+            with contextlib.suppress(OSError):  # gone already, or a folder not empty
+                if path in kept or path.lstat().st_mtime > cutoff:
+                    continue
+                if name in folders:
+                    path.rmdir()
+                else:
+                    path.unlink()
+
+
+def sweep_while_running(demo: gr.Blocks):
+    """Every SWEEP_EVERY_SECONDS while the app runs, removes the files in Gradio's cache older than
+    KEEP_FILES_SECONDS, but the examples it cached at start-up. Gradio's own delete_cache misses
+    every output that a handler updated (gr.skip(), gr.File(visible=...)): the session's copy of
+    the component that caches its files from then on is not one it tracks."""
+    cache = Path(demo.GRADIO_CACHE)
+    kept = {Path(parent, name) for parent, folders, files in os.walk(cache) for name in files + folders}  # examples
+
+    def sweep():
+        while demo.is_running:
+            time.sleep(SWEEP_EVERY_SECONDS)
+            remove_old_files(cache, kept)
+
+    threading.Thread(target=sweep, name="sweep-old-files", daemon=True).start()
 
 
 def is_mbz_file(path) -> bool:
@@ -233,6 +295,41 @@ def is_mbz_file(path) -> bool:
 def fraction(progress, desc: str):
     """A (done, total) callback that moves a gr.Progress bar."""
     return lambda done, total: progress(done / max(total, 1), desc=desc)
+
+
+def coding_progress(progress, verb: str, n: int):
+    """fraction(progress, verb) for compressing or decompressing n bytes, stopped past their Budget."""
+    return service.Budget.for_bytes(verb, n, service.CODING_BYTES_PER_SECOND).watching(fraction(progress, verb))
+
+
+class Stopped(Exception):
+    """Raised in the work of a request that was stopped: nobody waits for its answer."""
+
+
+def stoppable(work, progress):
+    """A handler's work(progress) as a generator that Gradio can stop, which yields its outputs.
+    Gradio stops a generator between yields (Stop, or a client's cancel), while a plain handler's
+    thread would run on to the end unseen; so the work runs in a thread of its own, this yields
+    gr.skip() every PROGRESS_EVERY_SECONDS meanwhile, and once stopped, the work's next progress
+    report raises Stopped."""
+    stop = threading.Event()
+
+    def report(*args, **kwargs):
+        if stop.is_set():
+            raise Stopped
+        progress(*args, **kwargs)
+
+    worker = ThreadPoolExecutor(1, thread_name_prefix="request")
+    # in a copy of this context, where Gradio's progress bar finds its request
+    done = worker.submit(contextvars.copy_context().run, work, report)
+    worker.shutdown(wait=False)
+    try:
+        yield gr.skip()  # at once: Gradio can stop a generator only once it has had a value from it
+        while not wait([done], timeout=PROGRESS_EVERY_SECONDS).done:
+            yield gr.skip()
+    finally:
+        stop.set()
+    yield done.result()
 
 
 class Studio:
@@ -261,6 +358,17 @@ class Studio:
         names = ", ".join(folder.name for folder in found) or "none is here"
         raise UserError(f"Checkpoint: there is no {modality} checkpoint called {name!r} (choose from: {names}).")
 
+    def context_seconds(self, name: str | None) -> float:
+        """The seconds an audio checkpoint's context holds, from its config alone; 0 if unreadable."""
+        try:
+            config = read_config(self.folder("audio", name))
+            return config["model"]["max_bytes"] / config["layout"]["sample_rate"]
+        except (UserError, CheckpointError, KeyError, TypeError, ZeroDivisionError):
+            return 0.0  # the view names the problem when the checkpoint is used
+
+    def prompt_range(self, name: str | None) -> limits.Range:
+        return limits.prompt_seconds(self.context_seconds(name))
+
     def layout(self, modality: str, name: str | None) -> Layout | None:
         """A checkpoint's layout from its config alone (weights load on first use); None if unreadable."""
         try:
@@ -284,8 +392,13 @@ class Studio:
         return (gr.Slider(rows.low, rows.high, value=(rows.high + 1) // 2),
                 gr.Dataset(samples=[[path] for path in example_files(name, "image")]))
 
-    def audio_choice(self, name: str, new_seconds):
-        return gr.Dataset(samples=[[path] for path in example_files(name, "audio")]), self.estimate(new_seconds, name)
+    def audio_choice(self, name: str, new_seconds, prompt_seconds):
+        """What changes with the audio checkpoint: the prompt's range (up to what its context holds),
+        the examples and the estimate."""
+        prompt = self.prompt_range(name)
+        return (gr.Slider(maximum=prompt.high, value=min(float(prompt_seconds), prompt.high),
+                          label=prompt_label(prompt.high)),
+                gr.Dataset(samples=[[path] for path in example_files(name, "audio")]), self.estimate(new_seconds, name))
 
     def check_image_upload(self, upload: dict | None, name: str):
         """Clears an upload that is no image the adapter can read, and says why, instead of
@@ -365,7 +478,7 @@ class Studio:
         """Yields the prompt's analysis at once, the speed while it generates, then prompt +
         continuation and how the continuation compares with the prompt's end."""
         with shown_in_page("/continue_audio"):
-            prompt_seconds = limits.PROMPT_SECONDS.check(prompt_seconds)
+            prompt_seconds = self.prompt_range(checkpoint).check(prompt_seconds)
             new_seconds = limits.CONTINUE_SECONDS.check(new_seconds)
             how, seed = sampling_settings(temperature, top_k, seed, "audio")
             path = required(audio, "a clip")
@@ -427,23 +540,25 @@ class Studio:
     def reading(self, data: bytes, kind: str, checkpoint) -> Reading:
         """The input as the checkpoint (or the kind's default) reads it."""
         with self.model(kind, checkpoint) as (model, layout, folder):
-            encoded = service.encode_file(data, layout, MAX_AUDIO_SECONDS)
-        return Reading(model, layout, folder, kind, encoded, how_encoded(data, kind, layout, len(encoded)))
+            seconds = clip_seconds(layout, model.context)
+            encoded = service.encode_file(data, layout, seconds)
+        return Reading(model, layout, folder, kind, encoded, how_encoded(data, kind, layout, len(encoded), seconds))
 
     def unpack(self, blob: bytes, name: str, progress) -> Reading:
         """A .mbz decompressed by the served checkpoint that made it, as that checkpoint reads it."""
         header = service.read_mbz_header(blob)
-        layout = Layout.from_dict(header["layout"])
-        cap = explorer_cap(layout)
-        if header["length"] > cap:
-            raise UserError(f"This .mbz holds {header['length']:,} bytes of {layout.modality}; the explorer "
-                            f"decompresses at most {cap:,}, so decompress it with python -m app.cli decompress.")
         folder = service.find_checkpoint(header["checkpoint_sha256"], self.checkpoints)
         if folder is None:
             raise UserError(f"This .mbz was made with a checkpoint ({header['checkpoint'] or 'unnamed'}, sha256 "
                             f"{header['checkpoint_sha256'][:12]}...) that this app does not serve.")
+        layout = Layout.from_dict(header["layout"])
+        cap = explorer_cap(layout, service.load(folder)[0].context)
+        if header["length"] > cap:
+            raise UserError(f"This .mbz holds {header['length']:,} bytes of {layout.modality}; the explorer "
+                            f"decompresses at most {cap:,}, so decompress it with python -m app.cli decompress.")
         start = time.perf_counter()
-        unpacked = service.decompress(blob, folder, progress=fraction(progress, "Decompressing"))
+        unpacked = service.decompress(blob, folder,
+                                      progress=coding_progress(progress, "Decompressing", header["length"]))
         kind = unpacked.layout.modality
         model, layout = service.load_for(kind, folder)
         saved = decompressed_name(name, unpacked.suffix, kind)
@@ -453,14 +568,20 @@ class Studio:
         return Reading(model, layout, folder, kind, unpacked.data, note, download(unpacked.content, saved))
 
     def explore(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
-        """(summary, what the model read, surprisal chart, chart by position in the patch, compression
-        table, download) for typed text or any file; a .mbz is decompressed, offered as a download and scored."""
+        """explore_now, as a request that Stop can end."""
+        yield from stoppable(partial(self.explore_now, text, file, kind, checkpoint), progress)
+
+    def explore_now(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
+        """(summary, what the model read, surprisal chart, charts by position in the patch and in the
+        context, compression table, download, what to keep for picking windows) for typed text or
+        any file; a .mbz is decompressed, offered as a download and scored. Text and raw bytes are
+        drawn whole in the chart and coloured byte by byte in a window of DETAIL_BYTES."""
         with shown_in_page("/explore"):
             data, kind, name = self.explorer_input(text, file, kind)
             read = self.unpack(data, name, progress) if kind == MBZ else self.reading(data, kind, checkpoint)
             kind, layout, encoded, patch_size = read.kind, read.layout, read.encoded, read.model.patch_size
             scored = service.score_bytes(read.model, encoded, progress=fraction(progress, "Scoring"))
-            s, image, page = scored.scores, None, ""
+            s, image, page, explored = scored.scores, None, "", None
             patches = views.entropy_patch_line(s.entropy, patch_size)
             if kind == "image":
                 image = adapters.image.decode(encoded, layout)
@@ -475,8 +596,10 @@ class Studio:
             elif kind == "audio":
                 chart = views.surprisal_curve(s.surprisal, layout.sample_rate, entropy=s.entropy, patch_size=patch_size)
             else:
-                chart = views.patch_chart(s.surprisal, patch_size, s.entropy)
-                page = (views.text_html if kind == "text" else views.hex_html)(encoded, s.surprisal, s.top_bytes, s.top_probs)
+                chart = views.patch_chart(s.surprisal, patch_size, s.entropy,
+                                          title=f"Surprisal of all {len(encoded):,} bytes, by patch")
+                explored = Explored(kind, scored)
+                page = explored.window(0)
             summary = (f"Scored {len(encoded):,} bytes as {kind} with the {read.folder.name} model "
                        f"in {scored.seconds:.1f} s: **{scored.bits_per_byte:.3f} bits per byte**.")
             if read.download:  # a .mbz: what it held comes first
@@ -484,9 +607,28 @@ class Studio:
             elif read.note:
                 summary = f"{summary}\n\n{read.note}"
             return (f"{summary}\n\n{patches}", page, chart, views.position_chart(s.surprisal, patch_size),
-                    compression_rows(scored, image), read.download)
+                    views.context_chart(s.surprisal, read.model.context), compression_rows(scored, image),
+                    read.download, explored)
+
+    def window(self, explored: Explored | None, start):
+        """The coloured detail of another window of the last input scored: nothing is scored again."""
+        with shown_in_page("/window"):
+            if explored is None:  # an image or a clip: it has no window
+                return gr.skip()
+            return explored.window(limits.window_start(len(explored.scored.data)).check(start))
+
+    def pick_window(self, explored: Explored | None, click: gr.SelectData):
+        """(its start, the window) centred on the byte clicked in the chart of the whole input."""
+        if explored is None:
+            return gr.skip(), gr.skip()
+        start = max(0, views.byte_at(click.index[0], len(explored.scored.data)) - DETAIL_BYTES // 2)
+        return start, explored.window(start)
 
     def compress(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
+        """compress_now, as a request that Stop can end."""
+        yield from stoppable(partial(self.compress_now, text, file, kind, checkpoint), progress)
+
+    def compress_now(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
         """(how many bytes the model's .mbz of the input takes, beside xz; the .mbz to download), for
         the same bytes explore scores. Several times slower than scoring, so asked for on its own."""
         with shown_in_page("/compress"):
@@ -495,7 +637,8 @@ class Studio:
                 raise UserError("This file is a .mbz already: Score decompresses it.")
             read = self.reading(data, kind, checkpoint)
             start = time.perf_counter()
-            blob = service.compress_bytes(read.encoded, kind, read.folder, progress=fraction(progress, "Compressing"))
+            blob = service.compress_bytes(read.encoded, kind, read.folder,
+                                          progress=coding_progress(progress, "Compressing", len(read.encoded)))
             n, of_xz = len(read.encoded), len(blob) / service.xz_size(read.encoded)  # xz on the bytes coded
             line = (f"Compressed with this model: {len(blob):,} bytes ({of_xz:.0%} of xz -9e) for the {n:,} bytes "
                     f"of {kind} it read, header included: {8 * len(blob) / n:.2f} bits per byte, "
@@ -506,9 +649,10 @@ class Studio:
 
 
 def decoding_path(status: service.GenerationStatus) -> str:
-    if status.path == "compiled":
-        return "compiled decoding step"
-    return "eager decoding: the compiled step is not ready yet"
+    """The decoder's own words for its path, e.g. "decoder: compiled, fused C++ step, float32"."""
+    if status.path.startswith("compiled"):
+        return f"decoder: {status.path}"
+    return f"decoder: {status.path}; the compiled step is not ready yet"
 
 
 def sampling_controls():
@@ -531,10 +675,10 @@ def examples_of(component, files: list[str]) -> gr.Dataset:
     return examples
 
 
-def plot(label: str) -> gr.Image:
+def plot(label: str, **options) -> gr.Image:
     """An output for a matplotlib figure; the figure carries its own title, since Gradio's
     label would float over its top. The label still names the output in the API."""
-    return gr.Image(label=label, show_label=False, format="png", interactive=False)
+    return gr.Image(label=label, show_label=False, format="png", interactive=False, **options)
 
 
 # After a Stop the summary says so, and what was made stays on the page.
@@ -590,6 +734,10 @@ def image_tab(studio: Studio):
          [original, gallery, heat, summary], "complete_image", stop, summary)
 
 
+def prompt_label(high: float) -> str:
+    return f"Prompt: the clip's first seconds (at most {high:g} with this checkpoint)"
+
+
 def audio_tab(studio: Studio):
     name = studio.default("audio")
     with gr.Row():
@@ -598,9 +746,10 @@ def audio_tab(studio: Studio):
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
                              label=f"Clip (wav, flac, ogg, …; at most {MAX_UPLOAD_MB} MB)", elem_id="audio-input")
             examples = examples_of(audio, example_files(name, "audio"))
+            prompt_range = studio.prompt_range(name)
             prompt_seconds = checked_by_handler(gr.Slider(
-                limits.PROMPT_SECONDS.low, MAX_AUDIO_SECONDS, value=2, step=0.25, elem_id="prompt-seconds",
-                label=f"Prompt: the clip's first seconds (at most {MAX_AUDIO_SECONDS:g})"))
+                prompt_range.low, prompt_range.high, value=2, step=0.25, elem_id="prompt-seconds",
+                label=prompt_label(prompt_range.high)))
             new_seconds = checked_by_handler(gr.Slider(
                 limits.CONTINUE_SECONDS.low, limits.MAX_CONTINUE_SECONDS, value=1, step=0.25, elem_id="new-seconds",
                 label=f"Seconds to continue (at most {limits.MAX_CONTINUE_SECONDS:g})"))
@@ -614,7 +763,8 @@ def audio_tab(studio: Studio):
             measures = gr.Markdown(label="The continuation against the prompt's last second", elem_id="audio-measures")
             curve = plot("The prompt's surprisal over time")
             summary = gr.Markdown(label="Summary", elem_id="audio-summary")
-    checkpoint.change(studio.audio_choice, [checkpoint, new_seconds], [examples, estimate], api_visibility="private")
+    checkpoint.change(studio.audio_choice, [checkpoint, new_seconds, prompt_seconds], [prompt_seconds, examples, estimate],
+                      api_visibility="private")
     new_seconds.change(studio.estimate, [new_seconds, checkpoint], estimate, api_visibility="private",
                        queue=False, show_progress="hidden")
     event = wire(go, studio.continue_audio, [audio, prompt_seconds, new_seconds, temperature, top_k, seed, checkpoint],
@@ -643,15 +793,16 @@ def explorer_tab(studio: Studio):
             text = gr.Textbox(label=f"Text (at most {MAX_SCORE_BYTES:,} bytes)", lines=8, elem_id="explore-text")
             count = gr.Markdown(f"0 of at most {MAX_SCORE_BYTES:,} bytes (UTF-8)", label="Bytes",
                                 elem_id="explore-count")
-            file = gr.File(label=f"…or any file, used instead of the text (at most {MAX_UPLOAD_MB} MB; "
-                                 f"audio: the first {MAX_AUDIO_SECONDS:g} s)", type="filepath")
+            file = gr.File(label=f"…or any file, used instead of the text (at most {MAX_UPLOAD_MB} MB; audio: as "
+                                 f"much as the checkpoint's context holds, at least {SHORT_CONTEXT_AUDIO_SECONDS:g} s)",
+                           type="filepath", elem_id="explore-file")
             kind = checked_by_handler(gr.Radio(
                 list(EXPLORER_KINDS), value="auto", label="Read it as",
                 info="auto: a .mbz is decompressed; images and audio by their extension or format, "
                      "else UTF-8 text, else raw bytes"))
             checkpoint = checked_by_handler(gr.Dropdown(checkpoints, value=AUTO_CHECKPOINT, label="Checkpoint",
                                                         elem_id="explore-checkpoint"))
-            go = gr.Button("Score", variant="primary")
+            go, stop = run_buttons("Score")
             # Short labels: a table of the inputs' long labels would be clipped.
             samples = {"Python code": ["def greet(name):\n    return f'Hello, {name}!'\n", None],
                        **{Path(path).name: [None, path] for path in example_files("text", "text")},
@@ -667,30 +818,42 @@ def explorer_tab(studio: Studio):
             saved = gr.File(label="Download", visible=False, interactive=False, elem_id="explore-download")
             table = gr.Dataframe(headers=["coder", "bits per byte"], label="On this input (fewer bits is better)",
                                  interactive=False)
+            chart = plot("Surprisal of the whole input: per patch for text, per pixel for images, over time for audio",
+                         elem_id="explore-chart")
+            window_start = checked_by_handler(gr.Number(
+                0, precision=0, minimum=0, step=DETAIL_BYTES, visible=False, elem_id="window-start",
+                label=f"Coloured below: {DETAIL_BYTES:,} bytes from this byte on (or click the chart above)"))
             page = gr.HTML(label="What the model read, coloured by surprisal", elem_id="surprisal", max_height=640)
-            chart = plot("Surprisal: per patch for text, per pixel for images, over time for audio")
+            context = plot("Mean surprisal by position in the context")
             positions = plot("Mean surprisal by position inside the patch")
+            explored = gr.State()  # the last text or raw bytes scored, for picking windows of them
     text.change(None, text, count, js=BYTE_COUNT, api_visibility="private", queue=False, show_progress="hidden")
     inputs = [text, file, kind, checkpoint]
     go.click(lambda: "", None, compressed, api_visibility="private", queue=False)  # a new input's line comes later
-    scored = go.click(studio.explore, inputs, [summary, page, chart, positions, table, saved], api_name="explore",
-                      concurrency_id="score")
+    scored = go.click(studio.explore, inputs, [summary, page, chart, positions, context, table, saved, explored],
+                      api_name="explore", concurrency_id="score")
+    # Another window is coloured from the scores kept in `explored`: nothing is scored again.
+    scored.success(lambda explored: gr.Number(0, visible=explored is not None), explored, window_start,
+                   api_visibility="private", queue=False)
+    window_start.input(studio.window, [explored, window_start], page, api_visibility="private", queue=False,
+                       trigger_mode="always_last")
+    chart.select(studio.pick_window, explored, [window_start, page], api_visibility="private", queue=False)
     # A .mbz is decompressed, not compressed again.
     scored.success(lambda file: gr.Button(interactive=not is_mbz_file(file)), file, compress,
                    api_visibility="private", queue=False)
     packed = compress.click(studio.compress, inputs, [compressed, saved], api_name="compress",
                             concurrency_id="generate", show_progress_on=compressed)
+    stop.click(None, cancels=[scored, packed], api_visibility="private")
     for event in (scored, packed):  # the download box shows only when there is a file in it
         event.then(lambda path: gr.File(visible=bool(path)), saved, saved, api_visibility="private", queue=False)
 
 
-def build(checkpoints=service.CHECKPOINTS, compile_decoding: bool = False) -> gr.Blocks:
-    """The app; with compile_decoding, the generating checkpoints' decoding steps compile in
-    the background (service.compile_in_background) while requests decode eagerly."""
+def build(checkpoints=service.CHECKPOINTS) -> gr.Blocks:
+    """The app. Gradio removes the files in its cache older than KEEP_FILES_SECONDS that it tracks,
+    and all of them when it closes; launch() sweeps the rest (sweep_while_running)."""
     studio = Studio(checkpoints)
-    if compile_decoding:
-        service.compile_in_background(checkpoints)
-    with gr.Blocks(title="MegaByte studio", analytics_enabled=False) as demo:
+    with gr.Blocks(title="MegaByte studio", analytics_enabled=False,
+                   delete_cache=(SWEEP_EVERY_SECONDS, KEEP_FILES_SECONDS)) as demo:
         gr.Markdown("# MegaByte studio\nOne byte-level model per medium: it completes images, continues "
                     f"audio and shows how surprised it is by every byte. {CONCURRENT_REQUESTS} generations "
                     f"and {CONCURRENT_REQUESTS} scorings run at a time; the rest wait in a queue.")
@@ -703,12 +866,15 @@ def build(checkpoints=service.CHECKPOINTS, compile_decoding: bool = False) -> gr
     return demo
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, threads: int = 1) -> str:
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860) -> str:
     """Starts serving the app in the background and returns its URL: never through a share
     tunnel, with uploads and the queue capped."""
-    torch.set_num_threads(threads)  # one byte at a time: more threads mostly wait on each other
+    # Once, for every request: the .mbz coder needs this count, and a request that changed it would
+    # change it for all the others (generating a byte at a time gains little from more threads).
+    torch.set_num_threads(mbz.THREADS)
     demo.queue(default_concurrency_limit=CONCURRENT_REQUESTS, max_size=MAX_QUEUE)
     _, url, _ = demo.launch(server_name=host, server_port=port, share=False, max_file_size=f"{MAX_UPLOAD_MB}mb",
                             theme=THEME, css=CSS, ssr_mode=False, prevent_thread_lock=True, quiet=True,
                             allowed_paths=[str(ASSETS)])  # the examples the checkpoint choice swaps in
+    sweep_while_running(demo)
     return url

@@ -17,10 +17,12 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import StrMethodFormatter
 from PIL import Image
 
 import adapters
 from model.patches import entropy_boundaries, patch_sizes, threshold_for_mean_size
+from model.score import window_plan
 
 COLOURS = colormaps["YlOrRd"]
 FULL_COLOUR_BITS = 12.0  # a character this surprising or more gets the darkest colour
@@ -28,11 +30,18 @@ LINE_COLOUR = "#d62728"
 FAINT_COLOUR = "#c8c8c8"  # detail drawn behind a summary
 ENTROPY_COLOUR = "#1f77b4"  # where an entropy patcher cuts, beside MegaByte's fixed patches in LINE_COLOUR
 MARK_COLOUR = "#00e5ff"  # rings on a heat map's pixels, clear on magma's dark and light ends
+DPI = 100
+MOST_BARS = 500  # a surprisal chart's bars: past this many patches, each bar is the mean of several
+# The patch chart keeps these margins (fractions of its width) instead of a tight crop, so that
+# a click on it maps to a byte offset (byte_at).
+CHART_WIDTH = 8  # inches
+CHART_LEFT, CHART_RIGHT = 0.2, 0.95
+HEX_PER_LINE = 32
 
 
-def figure_image(fig: Figure) -> Image.Image:
+def figure_image(fig: Figure, tight: bool = True) -> Image.Image:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if tight else None)
     return Image.open(buffer).convert("RGB")
 
 
@@ -79,9 +88,9 @@ def entropy_patch_line(entropy: np.ndarray, patch_size: int) -> str:
 def charts_with_patches(entropy, height: float) -> tuple[Figure, object, object | None]:
     """A figure 8 wide: the main chart's axes, and under them (with entropy) a strip for patch_strip."""
     if entropy is None:
-        fig = Figure(figsize=(8, height))
+        fig = Figure(figsize=(CHART_WIDTH, height))
         return fig, fig.subplots(), None
-    fig = Figure(figsize=(8, height + 0.9))
+    fig = Figure(figsize=(CHART_WIDTH, height + 0.9))
     ax, strip = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [height, 0.9], "hspace": 0.08})
     return fig, ax, strip
 
@@ -120,22 +129,67 @@ def label_x(ax, strip, label: str, entropy, patch_size: int, scale: float = 1.0)
         strip.set_xlabel(f"{label}; {patch_strip(strip, entropy, patch_size, scale)}")
 
 
+def bar_bytes(n: int, patch_size: int) -> int:
+    """The bytes one bar of a patch chart stands for: a patch, or as many whole patches as keep
+    the bars of n bytes to MOST_BARS."""
+    return patch_size * max(1, -(-n // (MOST_BARS * patch_size)))
+
+
 def patch_chart(surprisal: np.ndarray, patch_size: int, entropy: np.ndarray | None = None,
                 title: str = "Surprisal of each byte and patch") -> Image.Image:
-    """Each patch's mean bits as a bar one patch wide, drawn over the faint bits of each byte;
-    with `entropy`, a strip below marks where MegaByte's patches start and where an entropy
-    patcher's would."""
+    """The whole input at a glance: each patch's mean bits as a bar one patch wide, drawn over
+    the faint bits of each byte, or past MOST_BARS patches each bar the mean of several; with
+    `entropy`, a strip below marks where MegaByte's patches start and where an entropy
+    patcher's would. Its margins are fixed, so that byte_at reads a click on it."""
     n = len(surprisal)
-    edges = np.append(np.arange(0, n, patch_size), n)
+    width = bar_bytes(n, patch_size)
+    edges = np.append(np.arange(0, n, width), n)
     fig, ax, strip = charts_with_patches(entropy, 3)
-    ax.plot(np.arange(n) + 0.5, surprisal, color=FAINT_COLOUR, linewidth=0.5, zorder=1, label="each byte")
-    ax.stairs(patch_means(surprisal, patch_size), edges, baseline=0, fill=True, color=LINE_COLOUR, alpha=0.75,
-              zorder=2, label=f"patch mean ({patch_size} bytes)")
+    fig.subplots_adjust(left=CHART_LEFT, right=CHART_RIGHT)
+    if width == patch_size:  # a line through every byte is readable only while a bar is one patch
+        ax.plot(np.arange(n) + 0.5, surprisal, color=FAINT_COLOUR, linewidth=0.5, zorder=1, label="each byte")
+    mean_of = f"patch mean ({patch_size} bytes)" if width == patch_size else f"mean of {width:,} bytes"
+    ax.stairs(patch_means(surprisal, width), edges, baseline=0, fill=True, color=LINE_COLOUR, alpha=0.75,
+              zorder=2, label=mean_of)
     ax.set_xlim(0, max(n, 1))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax.set_ylabel("bits")
     ax.legend(loc="upper right", fontsize="small")
     ax.set_title(title)
     label_x(ax, strip, "byte offset", entropy, patch_size)
+    return figure_image(fig, tight=False)
+
+
+def byte_at(x: float, n: int) -> int:
+    """The byte of an n-byte input under pixel column x of its patch chart."""
+    share = (x / (CHART_WIDTH * DPI) - CHART_LEFT) / (CHART_RIGHT - CHART_LEFT)
+    return int(np.clip(share * n, 0, max(n - 1, 0)))
+
+
+def context_positions(n: int, context: int) -> np.ndarray:
+    """Each byte's place in the window of `context` bytes that scored it (model.score.window_plan):
+    how many bytes of context the model had read before it."""
+    positions = np.empty(n, np.int64)
+    for start, first, end in window_plan(n, context):
+        positions[first:end] = np.arange(first - start, end - start)
+    return positions
+
+
+def context_chart(surprisal: np.ndarray, context: int, most_bins: int = 30,
+                  title: str = "Mean surprisal by position in the context") -> Image.Image:
+    """Mean bits by a byte's place in the model's context, in bins on a log scale from the
+    first byte of a window to its last: the bits fall as the model sees more of the input."""
+    places = context_positions(len(surprisal), context) + 1  # from 1: a log scale has no 0
+    edges = np.unique(np.round(np.geomspace(1, places.max() + 1, most_bins + 1)).astype(np.int64))
+    bins = np.searchsorted(edges, places, side="right") - 1  # every bin holds bytes: places run 1..max
+    means = np.bincount(bins, surprisal, len(edges) - 1) / np.bincount(bins, minlength=len(edges) - 1)
+    fig = Figure(figsize=(4.4, 2.8))
+    ax = fig.subplots()
+    ax.stairs(means, edges, baseline=None, color=LINE_COLOUR, linewidth=1.5)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"position in the context window of {context:,} bytes")
+    ax.set_ylabel("mean bits")
+    ax.set_title(title)
     return figure_image(fig)
 
 
@@ -250,9 +304,39 @@ def text_html(data: bytes, surprisal, top_bytes, top_probs) -> str:
             f'white-space:pre-wrap;line-height:1.7">{body}</div>')
 
 
-def hex_html(data: bytes, surprisal, top_bytes, top_probs, per_line: int = 32) -> str:
+def hex_html(data: bytes, surprisal, top_bytes, top_probs, per_line: int = HEX_PER_LINE) -> str:
     """A hex dump of raw bytes, each byte coloured by its surprisal."""
     spans = _spans([(f"{b:02x}", i, i + 1) for i, b in enumerate(data)], surprisal, top_bytes, top_probs)
     lines = "\n".join(" ".join(spans[i : i + per_line]) for i in range(0, len(spans), per_line))
     return (legend("byte")
             + f'<div class="surprisal-hex" style="font-family:ui-monospace,monospace;white-space:pre">{lines}</div>')
+
+
+def character_start(data: bytes, i: int) -> int:
+    """Where the UTF-8 character that byte i is part of starts (at most 3 continuation bytes back)."""
+    for _ in range(3):
+        if 0 < i < len(data) and data[i] & 0xC0 == 0x80:
+            i -= 1
+    return i
+
+
+def window_bounds(data: bytes, offset: int, size: int, kind: str) -> tuple[int, int]:
+    """[start, end) of the window of `size` bytes from `offset`, moved back so that a window at
+    the end is whole: for text on whole characters, for raw bytes from the start of a line of
+    the hex dump."""
+    start = max(0, min(offset, len(data) - size))
+    end = min(start + size, len(data))
+    if kind == "text":
+        return character_start(data, start), character_start(data, end)
+    return start - start % HEX_PER_LINE, end
+
+
+def window_html(data: bytes, scores, kind: str, offset: int, size: int) -> str:
+    """The text or hex dump of one window of the input (window_bounds), coloured byte by byte,
+    under a line that says which bytes it is."""
+    start, end = window_bounds(data, offset, size, kind)
+    more = "" if end - start == len(data) else ": pick another by its start, or click the chart above"
+    heading = f'<div class="surprisal-window">Bytes {start:,}–{end - 1:,} of {len(data):,}{more}</div>'
+    shown = slice(start, end)
+    draw = text_html if kind == "text" else hex_html
+    return heading + draw(data[shown], scores.surprisal[shown], scores.top_bytes[shown], scores.top_probs[shown])

@@ -1,6 +1,6 @@
 """Audio continuation as a listener would judge it: `python -m bench.continuation`.
 
-For each held-out tune or clip, the checkpoint continues 1 s after a 2 s prompt (the app's
+For each held-out tune or clip, the checkpoint continues 1 s after a 2 s prompt (--prompt-seconds; the app's
 default sampling, a fixed seed); the continuation is compared with the prompt's last second:
 spectral flatness (noise is flat), similarity of the average log-power spectra, and loudness
 drift (RMS of the continuation over RMS of the prompt's last second). Reference rows are
@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,7 +31,8 @@ PROMPT_SECONDS = 2.0
 CONTINUE_SECONDS = 1.0
 START_SECONDS = 3.0  # the prompt starts this far into a tune (past its first notes) when the tune is long enough
 # checkpoint name: (data folder, split, what its clips are)
-BENCHES = {"melody": ("melody", "test", "melody test tunes"), "audio": ("audio", "val_music", "held-out music clips")}
+BENCHES = {"melody": ("melody", "test", "melody test tunes"), "melody_long": ("melody", "test", "melody test tunes"),
+           "audio": ("audio", "val_music", "held-out music clips")}
 METRICS = ("flatness", "similarity", "rms_drift")
 GOALS = {"flatness": "≤ 2× the real next second's", "similarity": "≥ 0.8× the real next second's",
          "rms_drift": "within 0.5–2×"}
@@ -44,7 +46,7 @@ def floats(mu_law: bytes, layout: Layout) -> np.ndarray:
     return audio.decode(mu_law, layout) / 32768.0
 
 
-def clips(folder: Path, split: str, layout: Layout, count: int) -> list[dict]:
+def clips(folder: Path, split: str, layout: Layout, count: int, prompt_seconds: float = PROMPT_SECONDS) -> list[dict]:
     """Up to `count` held-out files long enough for a prompt and a real next second, with
     where the prompt starts; evenly spread over the split."""
     manifest_path, data_path = folder / "manifest.json", folder / f"{split}.bin"
@@ -52,7 +54,7 @@ def clips(folder: Path, split: str, layout: Layout, count: int) -> list[dict]:
         raise BenchError(f"{data_path} is missing: make it with `python -m training.data {folder.name}`.")
     files = json.loads(manifest_path.read_text())["files"][split]
     data = data_path.read_bytes()
-    prompt = audio.seconds_to_bytes(PROMPT_SECONDS, layout)
+    prompt = audio.seconds_to_bytes(prompt_seconds, layout)
     follow = audio.seconds_to_bytes(CONTINUE_SECONDS, layout)
     usable = [f for f in files if f["bytes"] >= prompt + follow]
     chosen = [usable[i] for i in np.linspace(0, len(usable) - 1, min(count, len(usable))).astype(int)] if usable else []
@@ -122,35 +124,44 @@ def main(argv=None):
     parser.add_argument("--clips", type=int, default=12, help="held-out tunes or clips per checkpoint (default: 12)")
     parser.add_argument("--temperature", type=float, default=1.0, help="default: 1.0, the app's default")
     parser.add_argument("--top-k", type=int, default=0, help="default: 0 (all 256 bytes), the app's default")
-    parser.add_argument("--top-p", type=float, default=audio.DEFAULT_TOP_P,
-                        help=f"default: {audio.DEFAULT_TOP_P}, the app's default for audio (1 keeps every byte)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help=f"default: {audio.DEFAULT_SAMPLING.top_p:g}, that of the app's rule for audio "
+                             f"({audio.DEFAULT_SAMPLING.describe()}), which the other knobs keep (1 keeps every byte)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt-seconds", type=float, default=PROMPT_SECONDS,
+                        help=f"seconds of prompt (default: {PROMPT_SECONDS:g}; a prompt longer than a checkpoint's "
+                             "context is cut to its last context's worth, as generation does)")
+    parser.add_argument("--only", default=None, help="comma-separated checkpoint names (default: every one there)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
-    if args.clips < 1 or args.threads < 1:
-        sys.exit("bench.continuation: --clips and --threads must be at least 1.")
+    if args.clips < 1 or args.threads < 1 or args.prompt_seconds <= 0:
+        sys.exit("bench.continuation: --clips and --threads must be at least 1, --prompt-seconds above 0.")
+    names = args.only.split(",") if args.only else list(BENCHES)
     torch.set_num_threads(args.threads)
     try:
-        sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        sampling = replace(audio.DEFAULT_SAMPLING, temperature=args.temperature, top_k=args.top_k,
+                           top_p=audio.DEFAULT_SAMPLING.top_p if args.top_p is None else args.top_p)
     except ValueError as e:
         sys.exit(f"bench.continuation: {e}")
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     results, used = {}, []
     try:
         for name, (data_name, split, what) in BENCHES.items():
+            if name not in names:
+                continue
             folder = args.checkpoints / name
             if not folder.is_dir():
                 print(f"No checkpoint at {folder}: skipping {name}.", file=sys.stderr)
                 continue
             model, layout = load_for("audio", folder)
             try:
-                chosen = clips(args.data / data_name, split, layout, args.clips)
+                chosen = clips(args.data / data_name, split, layout, args.clips, args.prompt_seconds)
             except BenchError as e:  # the other checkpoints can still be measured
                 print(f"{e} Skipping {name}.", file=sys.stderr)
                 used.append(f"- `{folder}`: not measured; {e}")
                 continue
             if not chosen:
-                raise BenchError(f"{args.data / data_name}/{split}.bin holds no clip of {PROMPT_SECONDS + CONTINUE_SECONDS:g} s.")
+                raise BenchError(f"{args.data / data_name}/{split}.bin holds no clip of {args.prompt_seconds + CONTINUE_SECONDS:g} s.")
             used.append(f"- `{folder}` on {len(chosen)} {what} from `{args.data / data_name}/{split}.bin`.")
             results[name] = [{**c, "metrics": measure(model, layout, c, sampling, args.seed)}
                              for c in tqdm(chosen, desc=f"{name}: continuing", unit="clip")]
@@ -164,9 +175,9 @@ def main(argv=None):
     lines = ["# Audio continuation: does it continue the music?", "",
              f"Measured {started:%Y-%m-%d %H:%M} UTC in {minutes} min {rest} s by `{command}` on "
              f"{machine_description()}.", "",
-             f"Each clip: a {PROMPT_SECONDS:g} s prompt ({START_SECONDS:g} s into the tune when it is long enough), "
-             f"continued for {CONTINUE_SECONDS:g} s at temperature {sampling.temperature:g}, top-k "
-             f"{sampling.top_k or 'all'}, top-p {sampling.top_p:g}, seed {args.seed}; compared with the prompt's last "
+             f"Each clip: a {args.prompt_seconds:g} s prompt ({START_SECONDS:g} s into the tune when it is long enough), "
+             f"continued for {CONTINUE_SECONDS:g} s drawing by {sampling.describe()}, seed {args.seed}; compared with "
+             "the prompt's last "
              "second. Medians over clips. "
              "Flatness: geometric over arithmetic mean of the average power spectrum (white noise ~1, a tone ~0). "
              "Similarity: correlation of the two average log-power spectra. RMS drift: loudness of the continuation "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def image_completions(model, layout: Layout, paths: list[Path], what: str, out: 
     for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=10)
     fig.suptitle(f"The model completes held-out {layout.image_size}x{layout.image_size} {what}\n"
-                 f"(temperature {sampling.temperature:g}, top-p {sampling.top_p:g}, seed {seed})")
+                 f"({sampling.describe()}, seed {seed})")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
 
@@ -129,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=4, help="held-out images to complete per checkpoint (default: 4)")
     parser.add_argument("--samples", type=int, default=4, help="completions per photo (default: 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    parser.add_argument("--top-p", type=float, default=image.DEFAULT_TOP_P,
-                        help=f"sampling top-p (default: {image.DEFAULT_TOP_P}, the app's default for images)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help=f"sampling top-p (default: {image.DEFAULT_SAMPLING.top_p:g}, that of the app's rule for "
+                             f"images: {image.DEFAULT_SAMPLING.describe()})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first image's samples (default: 0)")
     parser.add_argument("--text", type=Path, default=ASSETS / "text" / "genesis.txt",
                         help="the text to plot (default: assets/text/genesis.txt)")
@@ -147,7 +149,8 @@ def main(argv=None):
         sys.exit("bench.figures: --images, --samples, --text-bytes and --threads must be at least 1.")
     torch.set_num_threads(args.threads)
     try:
-        sampling = Sampling(temperature=args.temperature, top_p=args.top_p)
+        sampling = replace(image.DEFAULT_SAMPLING, temperature=args.temperature,
+                           top_p=image.DEFAULT_SAMPLING.top_p if args.top_p is None else args.top_p)
     except ValueError as e:
         sys.exit(f"bench.figures: {e}")
     args.out.mkdir(parents=True, exist_ok=True)

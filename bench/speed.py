@@ -13,7 +13,7 @@ object on the last line.
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,13 +25,16 @@ import torch
 from torch import nn
 
 import model.compress as mbz
-from model import (FlatConfig, GenerationStatus, MegaByteConfig, Sampling, bucket_for, build_model,
-                   compile_decoding, compile_for_buckets, fused_step, generate, next_byte_loss, stream_bytes)
+from model import (Decoder, FlatConfig, GenerationStatus, MegaByteConfig, Sampling, build_model, fused_step, generate,
+                   next_byte_loss, stream_bytes)
 from model.hardware import bf16_faster, decoding_dtype, machine_description, matmul_gflops
 
 MEGABYTE = MegaByteConfig(patch_size=8, byte_dim=32, global_layers=4, global_heads=4,
                           local_dim=128, local_layers=2, local_heads=4, max_bytes=2048)
 FLAT = FlatConfig(dim=256, layers=5, heads=4, max_bytes=2048)
+# The long-context checkpoints' shapes (configs/text_long.toml, configs/melody_long.toml)
+LONG_TEXT = dataclasses.replace(MEGABYTE, max_bytes=65536, positions="rotary")
+LONG_MELODY = dataclasses.replace(MEGABYTE, max_bytes=131072, positions="rotary")
 
 
 MATMUL_SIZES = (256, 512, 1024, 2048)
@@ -81,33 +84,26 @@ def best_of(repeats: int, measure) -> float:
     return max(measure() for _ in range(repeats))
 
 
-def generation_speed(model, samples: int, new_bytes: int, patch_step=None, repeats: int = 3) -> float:
-    generate(model, b"warm-up", 32, samples, patch_step=patch_step)
+def generation_speed(model, samples: int, new_bytes: int, patch_step=None, fused: bool = False,
+                     repeats: int = 3) -> float:
+    generate(model, b"warm-up", 32, samples, patch_step=patch_step, fused=fused)
 
     def once():
         start = time.perf_counter()
-        generate(model, b"The prompt. ", new_bytes, samples, Sampling(top_k=50), patch_step=patch_step)
+        generate(model, b"The prompt. ", new_bytes, samples, Sampling(top_k=50), patch_step=patch_step, fused=fused)
         return samples * new_bytes / (time.perf_counter() - start)
 
     return best_of(repeats, once)
 
 
-def torch_layers(measure) -> float:
-    """`measure()` with decoding on torch's layers: the path before model.fused_step."""
-    with fused_step.switched_off():
-        return measure()
-
-
-def app_generation_speed(model, samples: int, new_bytes: int, repeats: int = 3) -> float:
-    """What a web request gets once the app's background compile is done: model.stream_bytes,
-    padded to its batch bucket, on the step that compile_for_buckets registered."""
-    compile_for_buckets(model, (bucket_for(samples),))
-
+def app_generation_speed(decoder: Decoder, samples: int, new_bytes: int, repeats: int = 3) -> float:
+    """What a web request gets once the app's background compile is done: model.stream_bytes
+    on the app's decoder, padded to its batch bucket, on the step the decoder compiled."""
     def once():
         status = GenerationStatus()
-        for _ in stream_bytes(model, b"The prompt. ", new_bytes, samples, Sampling(top_k=50), status=status):
+        for _ in stream_bytes(decoder, b"The prompt. ", new_bytes, samples, Sampling(top_k=50), status=status):
             pass
-        assert status.path == "compiled"
+        assert status.path.startswith("compiled")
         return status.bytes_per_second
 
     return best_of(repeats, once)
@@ -226,6 +222,23 @@ def coding_speed(model, data: bytes) -> dict[str, float]:
     return {"compress_seconds": middle - start, "decompress_seconds": end - middle}
 
 
+def full_context_decoding_speed(config, new_bytes: int, repeats: int = 2) -> tuple[float, str]:
+    """Batch-1 bytes/s of the app's decoder (Decoder.fastest, compiled) on a model of `config`
+    whose context is full: a prompt of all but new_bytes of it. -> (bytes/s, the decoder's words)."""
+    torch.manual_seed(0)
+    decoder = Decoder.fastest(build_model(config).eval())
+    decoder.compile((1,))
+    prompt = bytes(torch.randint(0, 256, (config.max_bytes - new_bytes - config.patch_size,)).tolist())
+
+    def once():
+        status = GenerationStatus()
+        for _ in stream_bytes(decoder, prompt, new_bytes, 1, Sampling(top_k=50), status=status):
+            pass
+        return status.bytes_per_second
+
+    return best_of(repeats, once), decoder.describe()
+
+
 def real_bytes(n: int, path: Path) -> Path:
     """n bytes of real Python source from the interpreter's standard library."""
     chunks, total = [], 0
@@ -298,7 +311,7 @@ def main(argv=None):
     torch.manual_seed(0)
     megabyte, flat = build_model(MEGABYTE).eval(), build_model(FLAT).eval()
     fused = fused_step.build()
-    dtypes = {s: decoding_dtype(megabyte, s) for s in (1, 8)}  # as the app chooses, the fused step built
+    dtypes = {s: decoding_dtype(megabyte, s, fused) for s in (1, 8)}  # as Decoder.fastest chooses
     names = {torch.float32: "fp32", torch.bfloat16: "bf16"}
     lines += ["\n## Generation (top-k 50)\n",
               f"{new_bytes} new bytes per sample; bytes/s counts all samples; the best of 3 runs. The compiled step "
@@ -306,21 +319,23 @@ def main(argv=None):
               f"{names[dtypes[1]]} at batch 1, {names[dtypes[8]]} at batch 8. The rest run in fp32.\n",
               "| method | batch 1 | batch 8 |", "|---|---|---|"]
     rows = [("eager_torch", "MegaByte, KV caches in both models, torch's layers",
-             lambda s: torch_layers(lambda: generation_speed(megabyte, s, new_bytes))),
+             lambda s: generation_speed(megabyte, s, new_bytes)),
             ("eager", f"MegaByte, KV caches, fused C++ step per position{'' if fused else ' (did not build)'}",
-             lambda s: generation_speed(megabyte, s, new_bytes))]
+             lambda s: generation_speed(megabyte, s, new_bytes, fused=fused))]
     if not args.no_compile:
-        decoders = {s: megabyte if dtypes[s] == torch.float32 else copy.deepcopy(megabyte).to(dtypes[s]) for s in dtypes}
-        steps = {s: compile_decoding(decoders[s]) for s in dtypes}
-        with fused_step.switched_off():
-            torch_steps = {s: compile_decoding(decoders[s]) for s in dtypes}
+        decoders = {s: Decoder(megabyte, dtypes[s], fused) for s in dtypes}  # what the app's compile makes
+        torch_decoders = {s: Decoder(megabyte, dtypes[s], fused=False) for s in dtypes}
+        for s in dtypes:
+            decoders[s].compile((s,))
+            torch_decoders[s].compile((s,))
         rows += [("compiled_torch", "MegaByte, KV caches, compiled patch step, torch's layers (session 6's step)",
-                  lambda s: torch_layers(lambda: generation_speed(decoders[s], s, new_bytes, torch_steps[s]))),
+                  lambda s: generation_speed(torch_decoders[s].model, s, new_bytes, torch_decoders[s].steps[s])),
                  ("compiled", "MegaByte, KV caches, compiled patch step with the fused C++ step",
-                  lambda s: generation_speed(decoders[s], s, new_bytes, steps[s])),
-                 ("app", "the app's service once compiled (padded to its batch bucket)",
-                  lambda s: app_generation_speed(megabyte, s, new_bytes))]
-    rows += [("flat", "flat transformer, KV cache, fused C++ step", lambda s: generation_speed(flat, s, new_bytes)),
+                  lambda s: generation_speed(decoders[s].model, s, new_bytes, decoders[s].steps[s], fused)),
+                 ("app", "the app's service once compiled (stream_bytes on its Decoder, padded to its batch bucket)",
+                  lambda s: app_generation_speed(decoders[s], s, new_bytes))]
+    rows += [("flat", "flat transformer, KV cache, fused C++ step",
+              lambda s: generation_speed(flat, s, new_bytes, fused=fused)),
              ("recompute", "MegaByte, whole sequence recomputed every byte",
               lambda s: recompute_speed(megabyte, s, new_bytes // 4)),
              ("linears", "MegaByte's Linear calls alone (eager, fp32), nothing else",
@@ -368,6 +383,26 @@ def main(argv=None):
     lines.append(f"\nThe fast path scores 1 MB {summary['score_1mb_seconds_before'] / summary['score_1mb_seconds']:.2f}× "
                  "as fast as today's.")
     summary["score_precision"] = fast_precision
+    save()
+
+    lines += ["\n## Long context (random weights of the long checkpoints' shapes: rotary positions)\n",
+              f"Scoring {sizes[0]:,} bytes on the fast path, the 2,048-byte context (16 windows a pass) beside "
+              "65,536 bytes (`configs/text_long.toml`'s shape, one window a pass); then batch-1 decoding with the "
+              "context full (`configs/melody_long.toml`'s shape, 131,072 bytes): the app's Decoder, compiled.\n",
+              "| what | seconds | peak memory (MB) | bytes/s |", "|---|---|---|---|"]
+    for label, config, batch_windows in (("2,048-byte context", MEGABYTE, SCORE_BATCH), ("65,536-byte context", LONG_TEXT, 1)):
+        cost = scoring_cost(config, data, sizes[0], batch_windows, fast_precision, compiled)
+        summary[f"score_{config.max_bytes}_seconds"] = round(cost["seconds"], 2)
+        lines.append(f"| scoring, {label} | {cost['seconds']:.1f} | {cost['peak_mb']:.0f} | {sizes[0] / cost['seconds']:,.0f} |")
+        print(lines[-1], flush=True)
+    if not args.no_compile:
+        speed, how = full_context_decoding_speed(LONG_MELODY, 512 if quick else 4096)
+        summary["decode_full_context_batch1"] = round(speed)
+        lines.append(f"| decoding, 131,072-byte context full, batch 1 ({how}) | | | {speed:,.0f} |")
+    ratio = summary["score_65536_seconds"] / summary["score_2048_seconds"]
+    lines.append(f"\nScoring with the 65,536-byte context takes {ratio:.2f}× the 2,048-byte path's time (target ≤ 1.5×)."
+                 + (f" Decoding with the context full: {summary['decode_full_context_batch1']:,} bytes/s at batch 1 "
+                    "(real time for 8 kHz audio is 8,000)." if not args.no_compile else ""))
     save()
 
     coded = coding_speed(megabyte, data.read_bytes()[: sizes[0]])

@@ -5,6 +5,9 @@ endian), the header as JSON, then the range coder's payload. The header names ev
 both ends must share to compute the same probabilities: the checkpoint's sha256, the
 torch version, the CPU's ISA, the thread count, the number of segments and the
 adaptation settings; plus the layout (opaque here), the length and a CRC-32 of the bytes.
+A file is anyone's to edit: decompress takes no claim of its header on trust, and refuses
+any that compress would not have written, or that asks for more than its caller allows,
+before any work or memory that grows with it.
 
 Why not score()'s windows: the decoder cannot run a window in one pass before it knows the
 window's bytes, and a pass that computes only some positions differs from it in the last
@@ -23,7 +26,7 @@ import copy
 import hashlib
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +50,20 @@ HEADER_KEYS = {"checkpoint_sha256", "checkpoint", "layout", "length", "crc32", "
                "segments", "threads", "torch", "isa", "adapt"}
 HEADER_TYPES = {"checkpoint_sha256": str, "checkpoint": str, "layout": dict, "length": int, "crc32": int,
                 "payload_bytes": int, "segments": int, "threads": int, "torch": str, "isa": str}
+COUNTS = ("length", "payload_bytes", "segments", "threads")
+# compress writes ~400 bytes; a checkpoint's name (a folder name, at most 255 bytes) takes at
+# most 3 JSON characters per byte. A longer header is refused before it is parsed.
+MAX_HEADER_BYTES = 4096
+# What decompress decodes unless its caller allows more: ~30 minutes at ~5,500 bytes/s on one
+# thread (bench/results/speed.md), and ~20 bytes of memory per byte.
+MAX_LENGTH = 10_000_000
+# How many bits a coded byte can cost. Its interval is at least 1 and at most 2^24 + 1 (a
+# probability of 1, plus float32 rounding's few units) of a total at least 255 more (every
+# other value gets at least 1) and under 2^24 + 2^9 (the 256 "+ 1"s and rounding): so a byte
+# costs between log2(1 + 255 / (2^24 + 3)) > 2.19e-5 bits and log2(2^24 + 2^9) < 24.0001 bits,
+# and the range's truncation to 64 bits adds under 2^-30.
+MIN_BITS_PER_BYTE = 2e-5
+MAX_BITS_PER_BYTE = FREQUENCY_BITS + 0.001
 
 
 class CompressError(ValueError):
@@ -193,8 +210,18 @@ def walk(model, rows: torch.Tensor, lengths: torch.Tensor, visit: Callable, know
         from_global = global_prefill(model, rows[:, first * p : (k + 1) * p], cache)
 
 
-def segment_count(n: int) -> int:
-    return max(1, min(MAX_SEGMENTS, n // SEGMENT_BYTES))
+def segment_count(n: int, context: int) -> int:
+    """How many rows compress cuts n bytes into for a model of `context` bytes; decompress
+    accepts no other count. Each row is at least a context long, so the model reads as much
+    of the past as it can (a long-context checkpoint codes 1 MB in 8 rows, not 32)."""
+    return max(1, min(MAX_SEGMENTS, n // max(SEGMENT_BYTES, context)))
+
+
+def payload_bounds(n: int) -> tuple[float, float]:
+    """The fewest and most payload bytes that can code n bytes. The encoder's range starts
+    under 2^64 and ends in [2^56, 2^64); it shifts out a byte per 8 bits the bytes cost, so
+    within 8 bits of their sum, and the flush adds 8 bytes: 7 + n·min/8 to 8 + n·max/8."""
+    return 7 + n * MIN_BITS_PER_BYTE / 8, 8 + n * MAX_BITS_PER_BYTE / 8
 
 
 def split_rows(data: bytes, segments: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,11 +246,13 @@ def coding_setup(model, threads: int, adapt: Adaptation | None):
     if not hasattr(model, "global_step"):
         raise CompressError("Compression needs a MegaByte checkpoint.")
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    if before != threads:  # the command line; the app runs at THREADS from start-up: its requests never change it
+        torch.set_num_threads(threads)
     try:
         yield copy.deepcopy(model) if adapt else model
     finally:
-        torch.set_num_threads(before)
+        if before != threads:
+            torch.set_num_threads(before)
 
 
 def checkpoint_sha256(folder) -> str:
@@ -240,7 +269,7 @@ def compress(model, data: bytes, checkpoint_sha256: str, layout: dict, checkpoin
              adapt: Adaptation | None = None, progress: Callable[[int, int], None] | None = None) -> bytes:
     """The .mbz file for `data`. `layout` is recorded as it is (the app's); `checkpoint` names it for people."""
     device = next(model.parameters()).device
-    segments = segment_count(len(data))
+    segments = segment_count(len(data), model.context)
     encoder = RangeEncoder()
     if data:
         rows, lengths = split_rows(data, segments, model.patch_size)
@@ -271,6 +300,15 @@ def compress(model, data: bytes, checkpoint_sha256: str, layout: dict, checkpoin
     return MAGIC + bytes([FORMAT_VERSION]) + len(encoded).to_bytes(4, "little") + encoded + payload
 
 
+def well_typed(header: dict) -> bool:
+    """Each field of its type; strings printable (our sentences echo them, on one line); counts not negative."""
+    for key, kind in HEADER_TYPES.items():
+        value = header[key]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is str and not value.isprintable()):
+            return False
+    return isinstance(header["adapt"], (dict, type(None))) and min(header[key] for key in COUNTS) >= 0
+
+
 def read_header(blob: bytes) -> dict:
     """The header of a .mbz file, checked for shape and for truncation."""
     if blob[:4] != MAGIC:
@@ -280,16 +318,18 @@ def read_header(blob: bytes) -> dict:
     if blob[4] != FORMAT_VERSION:
         raise CompressError(f"This .mbz file has format version {blob[4]}; this program reads version {FORMAT_VERSION}.")
     size = int.from_bytes(blob[5:9], "little")
+    if size > MAX_HEADER_BYTES:
+        raise CompressError(f"The .mbz header is corrupt: it claims {size:,} bytes, and a .mbz header "
+                            f"takes at most {MAX_HEADER_BYTES:,}.")
     if len(blob) < 9 + size:
         raise CompressError("The .mbz file is truncated: its header is incomplete.")
     try:
         header = json.loads(blob[9 : 9 + size])
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise CompressError("The .mbz header is corrupt: it is not valid JSON.") from None
     if not isinstance(header, dict) or set(header) != HEADER_KEYS:
         raise CompressError("The .mbz header is corrupt: its fields are not the ones this format has.")
-    if not all(isinstance(header[key], kind) and not isinstance(header[key], bool)
-               for key, kind in HEADER_TYPES.items()) or not isinstance(header["adapt"], (dict, type(None))):
+    if not well_typed(header):
         raise CompressError("The .mbz header is corrupt: its fields do not have the types this format has.")
     missing = 9 + size + header["payload_bytes"] - len(blob)
     if missing > 0:
@@ -299,9 +339,38 @@ def read_header(blob: bytes) -> dict:
     return header
 
 
-def decompress(model, blob: bytes, checkpoint_sha256: str,
-               progress: Callable[[int, int], None] | None = None) -> tuple[bytes, dict]:
-    """(the original bytes, the layout recorded with them), or CompressError in one sentence."""
+def check_claims(header: dict, context: int, max_length: int, layouts: Collection[dict] | None,
+                 adaptations: Collection[Adaptation | None]) -> Adaptation | None:
+    """Refuses, before any work, a header that compress could not have written for this reader,
+    or that asks for more bytes than it allows; returns the adaptation to repeat."""
+    n = header["length"]
+    if layouts is not None and header["layout"] not in layouts:
+        raise CompressError("The .mbz header is corrupt: its layout is not one its checkpoint writes.")
+    if n > max_length:
+        raise CompressError(f"This .mbz holds {n:,} bytes, more than the {max_length:,} allowed here.")
+    if header["segments"] != segment_count(n, context):
+        raise CompressError(f"The .mbz header is corrupt: it claims {header['segments']:,} segments, and "
+                            f"{n:,} bytes are coded in {segment_count(n, context)}.")
+    if header["threads"] != THREADS:
+        raise CompressError(f"The .mbz header is corrupt: it claims {header['threads']:,} threads, and .mbz "
+                            f"files are coded on {THREADS}.")
+    written = [adapt for adapt in adaptations if (asdict(adapt) if adapt else None) == header["adapt"]]
+    if not written:
+        raise CompressError("The .mbz header is corrupt: its adaptation is not one its checkpoint is used with.")
+    fewest, most = payload_bounds(n)
+    if not fewest <= header["payload_bytes"] <= most:
+        raise CompressError(f"The .mbz file is corrupt: a payload of {header['payload_bytes']:,} bytes cannot "
+                            f"code {n:,} bytes.")
+    return written[0]  # the reader's own: the header's numbers may be equal but not of the same type
+
+
+def decompress(model, blob: bytes, checkpoint_sha256: str, progress: Callable[[int, int], None] | None = None, *,
+               max_length: int = MAX_LENGTH, layouts: Collection[dict] | None = None,
+               adaptations: Collection[Adaptation | None] = (None, Adaptation())) -> tuple[bytes, dict]:
+    """(the original bytes, the layout recorded with them), or CompressError in one sentence.
+    What the header may claim: at most `max_length` bytes, one of `layouts` (the app passes those
+    its checkpoint writes; the layout is opaque here, so None takes any) and of `adaptations`
+    (None: without). Every claim is checked before any work that grows with it."""
     header = read_header(blob)
     device = next(model.parameters()).device
     if header["checkpoint_sha256"] != checkpoint_sha256:
@@ -312,9 +381,9 @@ def decompress(model, blob: bytes, checkpoint_sha256: str,
         if header[key] != value:
             raise CompressError(f"This .mbz was made with {key} {header[key]} and this machine has {value}: "
                                 "the model's arithmetic could differ, so it cannot be decoded safely here.")
-    n, segments = header["length"], header["segments"]
-    adapt = Adaptation(**header["adapt"]) if header["adapt"] else None
-    rows, lengths = split_rows(bytes(n), segments, model.patch_size)
+    adapt = check_claims(header, model.context, max_length, layouts, adaptations)
+    n = header["length"]
+    rows, lengths = split_rows(bytes(n), header["segments"], model.patch_size)
     if n:
         decoder = RangeDecoder(blob[len(blob) - header["payload_bytes"] :])
         valid = lengths.tolist()
@@ -330,7 +399,7 @@ def decompress(model, blob: bytes, checkpoint_sha256: str,
             return torch.from_numpy(out).to(device)
 
         rows = rows.to(device)
-        with coding_setup(model, header["threads"], adapt) as coder:
+        with coding_setup(model, THREADS, adapt) as coder:
             walk(coder, rows, lengths.to(device), decode, known=False, adapt=adapt, progress=progress)
     data = b"".join(rows[s, : valid_length].cpu().numpy().astype(np.uint8).tobytes()
                     for s, valid_length in enumerate(lengths.tolist()))
@@ -347,7 +416,7 @@ def coded_scores(model, data: bytes, adapt: Adaptation | None = None,
     surprisal, entropy = np.zeros(n, np.float32), np.zeros(n, np.float32)
     if not n:
         return Scores(surprisal, entropy)
-    segments = segment_count(n)
+    segments = segment_count(n, model.context)
     rows, lengths = split_rows(data, segments, model.patch_size)
     per_row, device = -(-n // segments), next(model.parameters()).device
     valid = lengths.tolist()

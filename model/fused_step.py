@@ -8,93 +8,97 @@ over one position with its KV cache (norms, attention, MLP) in one operator,
 `torch.ops.megabyte.transformer_step`, which torch.compile places in the decoding graph as is.
 
 Built on first use (`build()`, ~1 minute) with the system's C++ compiler for this very CPU
-(-march=native), under a name that carries the CPU's flags, so a build made on another
-machine is never loaded. Until it is built, or where it cannot be (no compiler), the same
-layers run in torch.
+(-march=native), under a name that carries the CPU's flags, torch's version, the compiler's
+and the flags, so a build made elsewhere is never loaded. Where it cannot be built (no
+compiler), a Decoder (model.generate) runs the same layers in torch.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import platform
 import shutil
+import subprocess
 import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "transformer_step.cpp"
-_built: bool | None = None  # None: not tried yet
+# No -ffast-math: it lets the compiler assume no NaN or infinity, which once turned a loud
+# activation into NaN. Reductions still vectorise: `omp simd reduction` allows reordering.
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"]
+NO_ROTARY = torch.empty(0)  # the operator's rotary argument for a transformer without rotary positions
+_loaded: bool | None = None  # whether this process has the operator (None: not tried yet)
 
 
-def cpu_signature() -> str:
-    """A short hash of the CPU's model and feature flags: what -march=native compiles for."""
+def compiler_version() -> str:
+    """The first line of the C++ compiler's --version (torch builds with $CXX, else c++)."""
+    try:
+        done = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True, text=True, timeout=30)
+        return done.stdout.splitlines()[0] if done.returncode == 0 and done.stdout else "no compiler"
+    except (OSError, subprocess.TimeoutExpired):
+        return "no compiler"
+
+
+def build_key() -> str:
+    """A short hash of everything a build depends on: the CPU's model and feature flags (what
+    -march=native compiles for), torch's version (its ABI), the compiler, the flags, the source."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else [platform.processor()]
-    wanted = [line for line in lines if line.startswith(("model name", "flags"))][:2]
-    return hashlib.sha1("\n".join(wanted).encode()).hexdigest()[:12]
+    cpu = [line for line in lines if line.startswith(("model name", "flags"))][:2]
+    parts = [*cpu, torch.__version__, compiler_version(), " ".join(FLAGS), SOURCE.read_text()]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def library_path() -> Path:
-    """Where this CPU's build of this source is kept: torch's extension folder, under a name
-    that carries the CPU's signature and the source's hash."""
+    """Where the build for this key is kept, in torch's extension folder."""
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    source_hash = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:12]
-    return root / "megabyte" / f"transformer_step_{cpu_signature()}_{source_hash}.so"
+    return root / "megabyte" / f"transformer_step_{build_key()}.so"
 
 
 def build() -> bool:
-    """Loads the fused step once per process, building it first if this CPU has no build of
-    this source yet; whether it is there. Each build goes to a folder of its own and is then
-    moved into place whole, so a process killed while building (the app stopped during its
-    first minute) leaves nothing half-made, and no lock, behind."""
-    global _built
-    if _built is None:
+    """Loads the operator once per process, building it first if there is no build for this
+    key yet; whether it is there. Builds wait for each other on a file lock, and each goes to
+    a folder of its own that is moved into place whole, so a process killed while building
+    (the app stopped during its first minute) leaves nothing half-made behind."""
+    global _loaded
+    if _loaded is None:
         try:
             library = library_path()
-            if not library.exists():
-                from torch.utils.cpp_extension import load
-                with tempfile.TemporaryDirectory() as folder:
-                    load(name=library.stem, sources=[str(SOURCE)], build_directory=folder, is_python_module=False,
-                         extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"])
-                    library.parent.mkdir(parents=True, exist_ok=True)
-                    staged = library.with_suffix(f".{os.getpid()}.tmp")
-                    shutil.copyfile(Path(folder) / f"{library.stem}.so", staged)
-                    os.replace(staged, library)
-            else:
-                torch.ops.load_library(str(library))
+            library.parent.mkdir(parents=True, exist_ok=True)
+            with open(library.parent / "build.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+                if not library.exists():
+                    from torch.utils.cpp_extension import load
+                    with tempfile.TemporaryDirectory() as folder:
+                        load(name=library.stem, sources=[str(SOURCE)], build_directory=folder,
+                             is_python_module=False, extra_cflags=FLAGS)
+                        staged = library.with_suffix(f".{os.getpid()}.tmp")
+                        shutil.copyfile(Path(folder) / f"{library.stem}.so", staged)
+                        os.replace(staged, library)
+                else:
+                    torch.ops.load_library(str(library))
             torch.library.register_fake("megabyte::transformer_step")(_output_like)
-            _built = True
+            _loaded = True
         except Exception as error:  # no compiler or no ninja: torch's layers do the same work
             warnings.warn(f"The fused decoding step could not be built ({error}); decoding uses torch's layers.")
-            _built = False
-    return _built
+            _loaded = False
+    return _loaded
 
 
-@contextmanager
-def switched_off():
-    """Inside the block, decoding runs torch's layers even where the fused step is built:
-    for comparisons (bench.speed). A step compiled inside keeps to torch's layers."""
-    global _built
-    before, _built = _built, False
-    try:
-        yield
-    finally:
-        _built = before
-
-
-def _output_like(x, position, weights, cache, heads):
+def _output_like(x, position, weights, cache, heads, rotary):
     """The operator's output for torch.compile's tracing: (B, D), or (B, V) with a head."""
     return x.new_empty(x.shape[0], weights[-1].shape[0])
 
 
 def fits(x: torch.Tensor, cache) -> bool:
-    """Whether the fused step runs this call: built, one new position with a cache, fp32 or
-    bf16 on the CPU, no gradients."""
-    return (bool(_built) and cache is not None and x.shape[1] == 1 and x.dtype in (torch.float32, torch.bfloat16)
+    """Whether a step the caller asked to fuse can be: one new position with a cache, fp32 or
+    bf16 on the CPU, no gradients. Whether to fuse at all is the caller's (a Decoder's) choice."""
+    return (cache is not None and x.shape[1] == 1 and x.dtype in (torch.float32, torch.bfloat16)
             and x.device.type == "cpu" and not torch.is_grad_enabled())
 
 
@@ -107,4 +111,6 @@ def transformer_step(transformer, x: torch.Tensor, positions: torch.Tensor, cach
             weights += [layer.weight, layer.bias]
     weights += [transformer.norm.weight, transformer.norm.bias] + ([head.weight, head.bias] if head else [])
     flat_cache = [tensor for pair in cache for tensor in pair]
-    return torch.ops.megabyte.transformer_step(x[:, 0], positions, weights, flat_cache, transformer.heads)[:, None]
+    rotary = transformer.rotary_frequencies(x.device) if transformer.rotary else NO_ROTARY
+    return torch.ops.megabyte.transformer_step(x[:, 0], positions, weights, flat_cache, transformer.heads,
+                                               rotary)[:, None]

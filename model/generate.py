@@ -5,16 +5,16 @@ byte; neither recomputes the past. Works for any model with `prefill`, `decode_o
 `patch_step`, `context` and `patch_size` (see model.megabyte). The request's state
 lives here, in local variables, so one model serves many generations at once.
 
-Batched, compiled decoding: `compile_for_buckets` compiles a model's patch step for a few
-batch sizes and registers it; `stream_bytes` pads the samples to their bucket and takes the
-registered step when there is one, eagerly until then.
+One explicit `Decoder` per model says how it decodes: its weights' dtype, the fused C++ step
+or torch's layers, and a compiled patch step per batch bucket once it has compiled them
+(eager until then). `stream_bytes` takes the decoder; nothing module-wide switches the path.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -45,13 +45,15 @@ def generate_stream(
     sampling: Sampling = Sampling(),
     seed: int = 0,
     patch_step: Callable | None = None,
+    fused: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yields uint8 arrays (samples, m) of new bytes, a patch at a time (single bytes
     until the first patch boundary).
 
     All samples continue the same prompt in one batch. The same seed gives the same bytes.
     Whole patches go through `patch_step` (`model.patch_step`, or the compiled one from
-    `compile_decoding`, which gives the same bytes); the bytes that finish a
+    `compile_decoding`, which gives the same bytes); `fused`: the model's steps over one
+    position as one C++ call each (model.fused_step, built by the caller); the bytes that finish a
     partial patch, the last ones asked for and the last patch before the context is full
     go byte by byte. When the sequence reaches the model's context, the window slides: the
     last `slide_window(model)` bytes (half the context, whole patches) are prefilled again
@@ -68,8 +70,8 @@ def generate_stream(
     history = torch.tensor(list(prompt), dtype=torch.long, device=device)[None].expand(samples, -1)
     if history.shape[1] >= model.context:
         history = history[:, -slide_window(model) :]
-    patch_step = patch_step or model.patch_step
-    logits, state = model.prefill(history)
+    patch_step = patch_step or functools.partial(model.patch_step, fused=fused)
+    logits, state = model.prefill(history, fused)
     length, made, recent = history.shape[1], 0, []
     while made < max_new_bytes:
         whole_patch = length % p == 0 and length + p < model.context and made + p <= max_new_bytes
@@ -88,19 +90,20 @@ def generate_stream(
         elif length + 1 >= model.context:
             history = torch.cat([history, *recent], 1)[:, -slide_window(model) :]
             recent = []
-            logits, state = model.prefill(history)
+            logits, state = model.prefill(history, fused)
             length = history.shape[1]
         else:
-            logits, state = model.decode_one(new[:, 0], state)
+            logits, state = model.decode_one(new[:, 0], state, fused)
             length += 1
 
 
 def generate(model, prompt: bytes, max_new_bytes: int, samples: int = 1,
              sampling: Sampling = Sampling(), seed: int = 0,
-             progress: Callable[[int], None] | None = None, patch_step: Callable | None = None) -> list[bytes]:
+             progress: Callable[[int], None] | None = None, patch_step: Callable | None = None,
+             fused: bool = False) -> list[bytes]:
     """The prompt's continuations, one `bytes` of max_new_bytes per sample."""
     parts = []
-    for part in generate_stream(model, prompt, max_new_bytes, samples, sampling, seed, patch_step):
+    for part in generate_stream(model, prompt, max_new_bytes, samples, sampling, seed, patch_step, fused):
         parts.append(part)
         if progress:
             progress(sum(p.shape[1] for p in parts))
@@ -112,15 +115,11 @@ def generate(model, prompt: bytes, max_new_bytes: int, samples: int = 1,
 
 @dataclass
 class GenerationStatus:
-    """How a generation is running: on the "compiled" step or "eager", and the new bytes
-    per second so far, all samples counted."""
+    """How a generation is running: the decoder's own words for its path (Decoder.describe),
+    and the new bytes per second so far, all samples counted."""
 
     path: str = "eager"
     bytes_per_second: float = 0.0
-
-
-# model -> {batch bucket: (the model in its decoding dtype, its compiled step)}, filled by compile_for_buckets
-_compiled_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def bucket_for(samples: int) -> int:
@@ -130,37 +129,62 @@ def bucket_for(samples: int) -> int:
     return next(bucket for bucket in BATCH_BUCKETS if bucket >= samples)
 
 
-def compile_for_buckets(model, buckets=BATCH_BUCKETS):
-    """Compiles `model`'s decoding step for each batch bucket, in the dtype that decodes
-    faster at that batch (model.hardware.decoding_dtype: bf16 weights and caches where they
-    win), runs it once so that it is compiled, and registers it: stream_bytes uses each as
-    soon as it is ready. Buckets that share a dtype share one copy of the model."""
-    fused_step.build()  # before decoding_dtype times fp32, which the fused step speeds up
-    # every (model, dtype, bucket) is one compiled graph of the same function
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    ready = _compiled_steps.setdefault(model, {})
-    for bucket in buckets:
-        dtype = hardware.decoding_dtype(model, bucket)  # looked up in the module: tests pin it there
-        decoders = [decoder for decoder, _ in ready.values() if next(decoder.parameters()).dtype == dtype]
-        decoder = model if dtype == torch.float32 else (decoders or [copy.deepcopy(model).to(dtype)])[0]
-        step = compile_decoding(decoder)
-        # a prompt of one whole patch: the first call of the step compiles it
-        generate(decoder, bytes(decoder.patch_size), decoder.patch_size, bucket, patch_step=step)
-        ready[bucket] = decoder, step
+class Decoder:
+    """How one model decodes, chosen once and said aloud (gpt-fast's generate as an object):
+    the model's weights and caches in `dtype`; the fused C++ step (model.fused_step) or torch's
+    layers (`fused`; None: the fused step where it builds here); a compiled patch step for
+    each batch bucket that `compile` has made, eager for the others. The same decoder and seed
+    give the same bytes, compiled or eager, in fp32 and on the fused step; in bf16 on torch's
+    layers inductor keeps in fp32 what eager rounds to bf16, so there the bytes may change
+    once compiled. Another dtype or path gives other bytes: describe() says which ran."""
+
+    def __init__(self, model, dtype: torch.dtype = torch.float32, fused: bool | None = None):
+        built = fused_step.build() if fused is not False else False
+        if fused and not built:
+            raise ValueError("the fused decoding step cannot be built here; use fused=False.")
+        self.fused = built
+        self.dtype = dtype
+        self.model = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)
+        self.steps: dict[int, Callable] = {}
+
+    @classmethod
+    def fastest(cls, model, batch: int = 1) -> "Decoder":
+        """The fused step where it builds, in the dtype measured to decode `model` faster at
+        `batch` samples here (model.hardware.decoding_dtype); describe() says which."""
+        fused = fused_step.build()
+        return cls(model, hardware.decoding_dtype(model, batch, fused), fused)
+
+    def compile(self, buckets=BATCH_BUCKETS):
+        """Compiles the patch step for each batch bucket, running each once (which compiles
+        it); stream_bytes takes each as soon as it is ready."""
+        # every (model, dtype, bucket) is one compiled graph of the same function
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        for bucket in buckets:
+            step = compile_decoding(self.model, self.fused)
+            # a prompt of one whole patch: the first call of the step compiles it
+            generate(self.model, bytes(self.model.patch_size), self.model.patch_size, bucket, patch_step=step,
+                     fused=self.fused)
+            self.steps[bucket] = step
+
+    def describe(self, samples: int = 1) -> str:
+        """The path a request of `samples` takes, in words: "compiled, fused C++ step, float32"."""
+        how = "compiled" if bucket_for(samples) in self.steps else "eager"
+        layers = "fused C++ step" if self.fused else "torch's layers"
+        return f"{how}, {layers}, {str(self.dtype).removeprefix('torch.')}"
 
 
-def stream_bytes(model, prompt: bytes, new_bytes: int, samples: int, sampling: Sampling = Sampling(),
+def stream_bytes(decoder: Decoder, prompt: bytes, new_bytes: int, samples: int, sampling: Sampling = Sampling(),
                  seed: int = 0, status: GenerationStatus | None = None) -> Iterator[np.ndarray]:
     """Yields the new bytes (samples, m) as they are made, the samples padded to their batch
-    bucket: on the step compile_for_buckets registered for that bucket when there is one,
-    eagerly until then; `status` follows which, and how fast. Holds no lock: the decoding
-    state is this request's own."""
+    bucket, on the decoder's compiled step for that bucket when it has one, eagerly until
+    then; `status` says which, and how fast. Holds no lock: the decoding state is this
+    request's own."""
     status = status or GenerationStatus()
     bucket = bucket_for(samples)
-    decoder, step = _compiled_steps.get(model, {}).get(bucket, (model, None))
-    status.path = "compiled" if step else "eager"
+    status.path = decoder.describe(samples)
     start, made = time.perf_counter(), 0
-    for part in generate_stream(decoder, prompt, new_bytes, bucket, sampling, seed, patch_step=step):
+    for part in generate_stream(decoder.model, prompt, new_bytes, bucket, sampling, seed,
+                                patch_step=decoder.steps.get(bucket), fused=decoder.fused):
         made += part.shape[1]
         status.bytes_per_second = samples * made / (time.perf_counter() - start)
         yield part[:samples]

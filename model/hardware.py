@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .sampling import Sampling
+
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
@@ -67,11 +69,12 @@ def bf16_faster(device=torch.device("cpu")) -> bool:
 
 
 @torch.no_grad()
-def decoding_dtype(model, batch: int, patches: int = 3) -> torch.dtype:
+def decoding_dtype(model, batch: int, fused: bool = False, patches: int = 3) -> torch.dtype:
     """torch.float32 or torch.bfloat16, whichever decodes `model` faster at `batch` samples:
     times its hot step (`prefill`, then `patch_step`) in each, a few tens of ms. Decoding
     multiplies one to eight rows at a time, where a bf16 matmul can lose to fp32 on its
-    overhead even on CPUs whose bf16 peak is twice fp32's, so the matmul peak cannot say."""
+    overhead even on CPUs whose bf16 peak is twice fp32's, so the matmul peak cannot say.
+    `fused`: timed on the fused C++ step (model.fused_step), which the caller has built."""
     device = next(model.parameters()).device
     if device.type != "cpu":
         return torch.bfloat16
@@ -81,13 +84,13 @@ def decoding_dtype(model, batch: int, patches: int = 3) -> torch.dtype:
     def seconds(dtype) -> float:
         candidate = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
         p = candidate.patch_size
-        logits, state = candidate.prefill(torch.zeros(batch, p, dtype=torch.long, device=device))
-        knobs = torch.tensor([1.0, 256, 1.0], device=device)
+        logits, state = candidate.prefill(torch.zeros(batch, p, dtype=torch.long, device=device), fused)
+        knobs = Sampling().knobs(device)
         uniform = torch.rand(batch, p, 256, device=device)
         best = float("inf")
         for _ in range(patches + 1):  # the first one warms up
             start = time.perf_counter()
-            _, logits, state = candidate.patch_step(logits, state, uniform, knobs)
+            _, logits, state = candidate.patch_step(logits, state, uniform, knobs, fused)
             best = min(best, time.perf_counter() - start)
         return best
 

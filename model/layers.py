@@ -34,11 +34,18 @@ def attention(q, k, v, mask=None, causal=False):
     return scores.softmax(-1).to(v.dtype) @ v
 
 
-def rotate(x: torch.Tensor, positions: torch.Tensor, inverse_frequencies: torch.Tensor) -> torch.Tensor:
+def rotary_frequencies(head_dim: int, device) -> torch.Tensor:
+    """The rotary angle per position of each channel pair: 10000^(-i / (head_dim/2)), in fp32
+    always (made here, not kept as a buffer that a bf16 copy of the model would round)."""
+    half = head_dim // 2
+    return 10000.0 ** (-torch.arange(half, dtype=torch.float32, device=device) / half)
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rotary positions (Su et al. 2021) on x (B, H, t, d) at `positions` (t,): each pair of
     channels (i, i + d/2) turned by the angle position * frequency_i, so q·k depends on the
     distance between two positions alone. In fp32, as the angles grow with the context."""
-    angles = positions.float()[:, None] * inverse_frequencies[None, :]
+    angles = positions.float()[:, None] * rotary_frequencies(x.shape[-1], x.device)[None, :]
     cos, sin = angles.cos(), angles.sin()
     first, second = x.float().chunk(2, dim=-1)
     return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).to(x.dtype)
@@ -51,9 +58,6 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.rotary = rotary
-        if rotary:  # not a weight: made from the head width, so it stays out of the checkpoint
-            half = dim // heads // 2
-            self.register_buffer("inverse_frequencies", 10000.0 ** (-torch.arange(half) / half), persistent=False)
 
     def forward(self, x, cache=None, positions=None, mask=None):
         """Causal self-attention over x; with a cache (keys, values), x sits at `positions`,
@@ -62,7 +66,7 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if self.rotary:
             at = torch.arange(t, device=x.device) if positions is None else positions
-            q, k = rotate(q, at, self.inverse_frequencies), rotate(k, at, self.inverse_frequencies)
+            q, k = rotate(q, at), rotate(k, at)
         if cache is None:
             y = attention(q, k, v, causal=True)
         else:
@@ -109,9 +113,9 @@ class Transformer(nn.Module):
     def forward(self, x, cache=None, positions=None, fused=False):
         """x (B, t, D) -> (B, t, D). With a cache from `empty_cache`, x sits at `positions`
         (t of them) and sees every cached position up to its own. `fused`: one new position
-        runs as one C++ call (model.fused_step) where it fits; generation asks for it, lossless
-        coding does not, as it needs the same floats from every build at both ends."""
-        if fused and not self.rotary and fused_step.fits(x, cache):  # the C++ step has no rotary positions
+        runs as one C++ call (model.fused_step), which the caller has built; a Decoder asks
+        for it, lossless coding does not, as it needs the same floats from every build."""
+        if fused and fused_step.fits(x, cache):
             return fused_step.transformer_step(self, x, positions, cache)
         mask = None
         if cache is not None:  # built once per call, shared by every block
@@ -120,6 +124,9 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache[i], positions, mask)
         return self.norm(x)
+
+    def rotary_frequencies(self, device) -> torch.Tensor:
+        return rotary_frequencies(self.dim // self.heads, device)
 
     def empty_cache(self, batch: int, max_len: int, dtype, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """One request's keys and values for max_len positions: a (keys, values) pair per block."""

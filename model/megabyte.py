@@ -10,6 +10,7 @@ only, so one model serves many requests at once.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -108,7 +109,7 @@ class MegaByte(nn.Module):
     def global_step(self, global_in: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                     fused: bool = False) -> torch.Tensor:
         """Global inputs at cache `positions` -> local inputs (B, P, D_L) for the patch after
-        the last one. `fused`: as Transformer.forward's, for generation."""
+        the last one. `fused`: as Transformer.forward's."""
         return self.split_global(self.global_model(global_in, cache, positions, fused)[:, -1:])[:, 0]
 
     def local_step(self, local_in: torch.Tensor, positions: torch.Tensor, cache: KVCache,
@@ -118,20 +119,24 @@ class MegaByte(nn.Module):
             return fused_step.transformer_step(self.local_model, local_in, positions, cache, self.head)[:, 0]
         return self.head(self.local_model(local_in, cache, positions)[:, -1])
 
-    def open_patch(self, patch: torch.Tensor, position: torch.Tensor, state: MegaByteState):
+    def open_patch(self, patch: torch.Tensor, position: torch.Tensor, state: MegaByteState, fused: bool = False):
         """A finished patch (B, P) at global cache `position` (a (1,) tensor; 0 is the pad)
         -> the next patch's local inputs (B, P, D_L) and the logits of its first byte."""
         start = (position - 1) * self.patch_size
-        from_global = self.global_step(self.embed_patches(patch, start), position, state.global_cache, fused=True)
+        from_global = self.global_step(self.embed_patches(patch, start), position, state.global_cache, fused)
         first = self.local_pad + from_global[:, :1]
-        return from_global, self.local_step(first, self.byte_positions[:1], state.local_cache, fused=True)
+        return from_global, self.local_step(first, self.byte_positions[:1], state.local_cache, fused)
 
-    def next_in_patch(self, byte: torch.Tensor, from_global: torch.Tensor, inside: int, cache: KVCache):
+    def next_in_patch(self, byte: torch.Tensor, from_global: torch.Tensor, inside: int, cache: KVCache,
+                      fused: bool = False):
         """The byte (B,) before position `inside` of the patch -> the logits of the byte there."""
         local_in = self.local_embed(byte.long())[:, None] + from_global[:, inside : inside + 1]
-        return self.local_step(local_in, self.byte_positions[inside : inside + 1], cache, fused=True)
+        return self.local_step(local_in, self.byte_positions[inside : inside + 1], cache, fused)
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, MegaByteState]:
+    # `fused` in the decoding steps: each transformer's step over one position as one C++ call
+    # (model.fused_step), which the caller (a model.generate.Decoder) has built.
+
+    def prefill(self, x: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor, MegaByteState]:
         """Runs a prompt (B, n), n < context, through fresh caches -> (logits of byte n, state)."""
         b, n = x.shape
         p, device, dtype = self.patch_size, x.device, self.head.weight.dtype
@@ -139,26 +144,28 @@ class MegaByte(nn.Module):
         global_cache = self.global_model.empty_cache(b, self.context // p, dtype, device)
         local_cache = self.local_model.empty_cache(b, p, dtype, device)
         global_in = torch.cat([self.global_pad.expand(b, 1, -1), self.embed_patches(x[:, :full])], 1)
-        from_global = self.global_step(global_in, torch.arange(full // p + 1, device=device), global_cache, fused=True)
+        from_global = self.global_step(global_in, torch.arange(full // p + 1, device=device), global_cache, fused)
         patch = torch.zeros(b, p, dtype=torch.long, device=device)
         patch[:, : n - full] = x[:, full:]
         local_in = torch.cat([self.local_pad.expand(b, 1, -1), self.local_embed(x[:, full:].long())], 1)
         logits = self.local_step(local_in + from_global[:, : n - full + 1], self.byte_positions[: n - full + 1],
-                                 local_cache, fused=True)
+                                 local_cache, fused)
         return logits, MegaByteState(global_cache, local_cache, from_global, patch, torch.tensor(n, device=device))
 
-    def decode_one(self, byte: torch.Tensor, state: MegaByteState) -> tuple[torch.Tensor, MegaByteState]:
+    def decode_one(self, byte: torch.Tensor, state: MegaByteState, fused: bool = False) -> tuple[torch.Tensor, MegaByteState]:
         """Appends one byte (B,) -> (logits of the byte after it, state)."""
         p = self.patch_size
         inside = int(state.length) % p
         state.patch[:, inside] = byte
         length = state.length + 1
         if inside == p - 1:  # the patch is complete: one global step opens the next patch
-            from_global, logits = self.open_patch(state.patch, (length // p).reshape(1), state)
+            from_global, logits = self.open_patch(state.patch, (length // p).reshape(1), state, fused)
             return logits, state._replace(from_global=from_global, length=length)
-        return self.next_in_patch(byte, state.from_global, inside + 1, state.local_cache), state._replace(length=length)
+        return (self.next_in_patch(byte, state.from_global, inside + 1, state.local_cache, fused),
+                state._replace(length=length))
 
-    def patch_step(self, logits: torch.Tensor, state: MegaByteState, uniform: torch.Tensor, knobs: torch.Tensor):
+    def patch_step(self, logits: torch.Tensor, state: MegaByteState, uniform: torch.Tensor, knobs: torch.Tensor,
+                   fused: bool = False):
         """The hot step of generation, at a patch boundary, a function of tensors only
         (compile_decoding compiles it): P local steps, each sampling a byte with its noise
         `uniform` (B, P, 256), then one global step over the finished patch. Python runs
@@ -167,10 +174,10 @@ class MegaByte(nn.Module):
         for inside in range(self.patch_size):
             chosen.append(sample(logits, knobs, uniform[:, inside]))
             if inside + 1 < self.patch_size:
-                logits = self.next_in_patch(chosen[-1], state.from_global, inside + 1, state.local_cache)
+                logits = self.next_in_patch(chosen[-1], state.from_global, inside + 1, state.local_cache, fused)
         patch = torch.stack(chosen, 1)
         length = state.length + self.patch_size
-        from_global, logits = self.open_patch(patch, (length // self.patch_size).reshape(1), state)
+        from_global, logits = self.open_patch(patch, (length // self.patch_size).reshape(1), state, fused)
         return patch, logits, state._replace(from_global=from_global, length=length)
 
 
@@ -203,47 +210,47 @@ class FlatTransformer(nn.Module):
             raise ValueError(f"input length {x.shape[1]} is longer than the context {self.context}.")
         return self.head(self.transformer(self.embed(x[:, :-1], 0, with_start=True))[:, predict_from:])
 
-    def step(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        return self.head(self.transformer(h, cache, positions, fused=True)[:, -1])
+    def step(self, h: torch.Tensor, positions: torch.Tensor, cache: KVCache, fused: bool = False) -> torch.Tensor:
+        return self.head(self.transformer(h, cache, positions, fused)[:, -1])
 
-    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, FlatState]:
+    def prefill(self, x: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor, FlatState]:
         b, n = x.shape
         cache = self.transformer.empty_cache(b, self.context, self.head.weight.dtype, x.device)
-        logits = self.step(self.embed(x, 0, with_start=True), torch.arange(n + 1, device=x.device), cache)
+        logits = self.step(self.embed(x, 0, with_start=True), torch.arange(n + 1, device=x.device), cache, fused)
         return logits, FlatState(cache, torch.tensor(n, device=x.device))
 
-    def decode_one(self, byte: torch.Tensor, state: FlatState) -> tuple[torch.Tensor, FlatState]:
+    def decode_one(self, byte: torch.Tensor, state: FlatState, fused: bool = False) -> tuple[torch.Tensor, FlatState]:
         """One byte (B,) -> (the logits of the byte after it, state); a function of tensors only."""
         length = state.length + 1
         position = length.reshape(1)  # the start token sits at 0
-        logits = self.step(self.embed(byte[:, None], position, with_start=False), position, state.cache)
+        logits = self.step(self.embed(byte[:, None], position, with_start=False), position, state.cache, fused)
         return logits, state._replace(length=length)
 
-    def patch_step(self, logits: torch.Tensor, state: FlatState, uniform: torch.Tensor, knobs: torch.Tensor):
+    def patch_step(self, logits: torch.Tensor, state: FlatState, uniform: torch.Tensor, knobs: torch.Tensor,
+                   fused: bool = False):
         """Samples one byte (a patch of this model) and steps past it; as MegaByte.patch_step."""
         byte = sample(logits, knobs, uniform[:, 0])
-        logits, state = self.decode_one(byte, state)
+        logits, state = self.decode_one(byte, state, fused)
         return byte[:, None], logits, state
 
 
-def compile_decoding(model: nn.Module):
-    """The hot step of generation, `model.patch_step`, compiled with torch.compile; pass it
-    to `generate_stream(..., patch_step=...)`. It holds no state, so requests share it.
+def compile_decoding(model: nn.Module, fused: bool = False):
+    """The hot step of generation, `model.patch_step` with `fused` fixed, compiled with
+    torch.compile; a Decoder (model.generate) holds it. It holds no state, so requests share it.
 
-    Each transformer's step over one position is one C++ call (model.fused_step, built
-    here), which the graph calls as is. The prompt's prefill and the byte steps that finish
-    a partial patch stay eager, so prompts of any length do not recompile. Each batch size
-    compiles once (one to two minutes on a 2-core CPU, seconds from a warm inductor cache)
-    on its first call.
+    With `fused`, each transformer's step over one position is one C++ call
+    (model.fused_step, which the caller has built), which the graph calls as is. The prompt's
+    prefill and the byte steps that finish a partial patch stay eager, so prompts of any
+    length do not recompile. Each batch size compiles once (one to two minutes on a 2-core
+    CPU, seconds from a warm inductor cache) on its first call.
 
     Two options cut the per-call cost, which dominates decoding at small batches: a C++
     wrapper around the kernels instead of a Python one, and no guards on the model's own
     parameters and buffers (about 0.6 ms per call here). The second is safe because the
     weights are inputs of the graph, read from the model at each call and never swapped in
     place; the state's shapes and dtypes are still guarded."""
-    fused_step.build()  # the transformers' one-position steps as one C++ call each, where it builds
     options = {"cpp_wrapper": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-    return torch.compile(model.patch_step, dynamic=False, options=options)
+    return torch.compile(functools.partial(model.patch_step, fused=fused), dynamic=False, options=options)
 
 
 def build_model(config: MegaByteConfig | FlatConfig) -> nn.Module:

@@ -1,13 +1,15 @@
 """Adapters: media ⇄ bytes round trips, partial decoding, and one-sentence errors for bad files."""
 
 import io
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from adapters import AdapterError, Layout, audio, image, text
 
@@ -25,7 +27,8 @@ AUDIO = Layout("audio", sample_rate=16000)
 
 
 def assert_one_sentence(error):
-    message = str(error.value)
+    """error: what pytest.raises caught, or the exception itself."""
+    message = str(error.value if isinstance(error, pytest.ExceptionInfo) else error)
     assert "\n" not in message and message.endswith("."), message
 
 
@@ -50,6 +53,38 @@ def audio_file(samples, rate, fmt, subtype):
     buffer = io.BytesIO()
     sf.write(buffer, samples, rate, format=fmt, subtype=subtype)
     return buffer.getvalue()
+
+
+def flip_bits(data, bits):
+    flipped = bytearray(data)
+    for bit in bits:
+        flipped[bit // 8] ^= 1 << bit % 8
+    return bytes(flipped)
+
+
+def damaged(original):
+    """A strategy: the file cut short, or with one to eight of its bits flipped, half of them in
+    its first 64 bytes, where headers make their claims (sizes, rates, lengths)."""
+    cut = st.integers(0, len(original) - 1).map(lambda end: original[:end])
+    bit = st.integers(0, 8 * min(64, len(original)) - 1) | st.integers(0, 8 * len(original) - 1)
+    flipped = st.lists(bit, min_size=1, max_size=8).map(lambda bits: flip_bits(original, bits))
+    return cut | flipped
+
+
+def resident_peak_mb():
+    return int(re.search(r"VmHWM:\s*(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+def peak_memory_growth_mb(work):
+    """How far the process's peak resident memory rose above its size while work() ran. Not
+    tracemalloc: it does not see the pixel buffers Pillow allocates in C."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak starts again from the current size
+    except OSError:
+        pytest.skip("measuring peak memory needs Linux's /proc/self/clear_refs")
+    before = resident_peak_mb()
+    work()
+    return resident_peak_mb() - before
 
 
 # ---------------------------------------------------------------- layout
@@ -253,6 +288,79 @@ def test_load_rejects_truncated_images(fmt, keep):
     assert_one_sentence(error)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's; we refuse it
+def test_load_refuses_a_144_megapixel_png_before_decoding_it():
+    bomb = image_file(Image.new("1", (12_000, 12_000)), "PNG")  # one colour: 144 MP in a small file
+
+    def refused():
+        with pytest.raises(AdapterError, match="million pixels") as error:
+            image.load(bomb, RASTER)
+        assert_one_sentence(error)
+
+    assert len(bomb) < 1_000_000
+    assert peak_memory_growth_mb(refused) < 50  # decoded, it takes 144 MB at a byte a pixel, 432 MB as RGB
+
+
+def test_load_refuses_images_over_its_pixel_cap(monkeypatch):
+    monkeypatch.setattr(image, "MAX_PIXELS", 64 * 64 - 1)
+    for fmt in ("PNG", "JPEG"):  # JPEG too, though it is decoded at a fraction of its size
+        with pytest.raises(AdapterError, match="million pixels") as error:
+            image.load(image_file(random_image(64, 7), fmt), RASTER)
+        assert_one_sentence(error)
+    assert image.load(image_file(random_image(63, 7), "PNG"), RASTER).size == (32, 32)
+
+
+def test_load_decodes_a_large_jpeg_at_a_fraction_of_its_size():
+    photo = image_file(Image.new("RGB", (6000, 4000), (200, 120, 40)), "JPEG")  # 24 MP: 72 MB decoded
+    loaded = []
+    assert peak_memory_growth_mb(lambda: loaded.append(image.load(photo, RASTER))) < 20
+    assert np.abs(np.asarray(loaded[0], int) - (200, 120, 40)).max() <= 2
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("width, mean_difference", [(256, 0), (2048, 1)])
+def test_load_shrinks_large_images_close_to_a_full_resize(fmt, width, mean_difference):
+    """Images up to 8 times the layout's side come out as a plain resize of the whole image gives
+    them; larger ones, shrunk first, within a level or so."""
+    smooth = random_image(8, 8).resize((width, width * 3 // 4), Image.Resampling.BICUBIC)
+    data = image_file(smooth, fmt)
+    full_resize = ImageOps.fit(Image.open(io.BytesIO(data)).convert("RGB"), (32, 32), method=Image.Resampling.LANCZOS)
+    difference = np.abs(np.asarray(image.load(data, RASTER), int) - np.asarray(full_resize, int))
+    assert difference.mean() <= mean_difference
+
+
+def exif_rotated(img, fmt):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotated a quarter turn
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, exif=exif)
+    return buffer.getvalue()
+
+
+def test_load_turns_photos_upright_by_their_exif():
+    img = random_image(24, 4).crop((0, 0, 24, 20))
+    upright = image.open_rgb(exif_rotated(img, "PNG"))
+    assert np.array_equal(np.asarray(upright), np.asarray(img.transpose(Image.Transpose.ROTATE_270)))
+
+
+TRANSLUCENT = Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 24, 4), np.uint8))
+IMAGE_FILES = {"PNG": exif_rotated(TRANSLUCENT, "PNG"), "JPEG": exif_rotated(random_image(24, 3), "JPEG")}
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF:UserWarning", "ignore:Truncated File Read:UserWarning")  # Pillow's
+@pytest.mark.parametrize("fmt", IMAGE_FILES)
+@settings(max_examples=150)
+@given(data=st.data())
+def test_damaged_images_load_or_give_one_sentence(fmt, data):
+    """Cut or bit-flipped files: an image of the layout's size, or one sentence of ours, never another error."""
+    try:
+        loaded = image.load(data.draw(damaged(IMAGE_FILES[fmt])), RASTER)
+    except AdapterError as error:
+        assert_one_sentence(error)
+    else:
+        assert loaded.mode == "RGB" and loaded.size == (32, 32)
+
+
 def test_image_load_rejects_audio_and_missing_files(tmp_path):
     with pytest.raises(AdapterError, match="not an image") as error:
         image.load(audio_file(tone(0.1, 8000), 8000, "WAV", "PCM_16"), RASTER)
@@ -365,6 +473,62 @@ def test_audio_load_rejects_a_missing_file(tmp_path):
     with pytest.raises(AdapterError) as error:
         audio.load(tmp_path / "missing.wav", AUDIO)
     assert_one_sentence(error)
+
+
+@pytest.mark.parametrize("rate", [1, 3999, 192_001, 96_000_000])
+def test_load_refuses_absurd_sample_rates(rate):
+    with pytest.raises(AdapterError, match="sample rate") as error:
+        audio.load(audio_file(tone(0.01, 8000), rate, "WAV", "PCM_16"), AUDIO)  # the rate only claimed
+    assert_one_sentence(error)
+
+
+@pytest.mark.parametrize("rate", [4000, 192_000])
+def test_load_takes_the_lowest_and_highest_sample_rates(rate):
+    assert len(audio.load(audio_file(tone(0.5, rate), rate, "WAV", "PCM_16"), AUDIO)) == 8000
+
+
+def test_load_refuses_audio_too_short_for_one_sample():
+    with pytest.raises(AdapterError, match="no samples") as error:
+        audio.load(audio_file(tone(3 / 192_000, 192_000), 192_000, "WAV", "PCM_16"), AUDIO)  # 3 samples: 0.25 at 16 kHz
+    assert_one_sentence(error)
+
+
+def test_load_allocates_what_a_file_holds_not_what_its_header_claims():
+    flac = bytearray(audio_file(tone(1.0, 16000), 16000, "FLAC", "PCM_16"))
+    # STREAMINFO, right after "fLaC" and its block header, ends its 36-bit sample count in bytes 21-25
+    flac[21] |= 0x0F
+    flac[22:26] = b"\xff" * 4
+    assert sf.info(io.BytesIO(bytes(flac))).frames == 2**36 - 1  # 256 GB as float32
+    with pytest.raises(AdapterError) as error:
+        audio.load(bytes(flac), AUDIO)
+    assert_one_sentence(error)
+    assert len(audio.load(bytes(flac), AUDIO, max_seconds=0.5)) == 8000
+
+
+def test_load_reads_only_the_seconds_it_uses():
+    flac = audio_file(tone(2.0, 16000), 16000, "FLAC", "PCM_16")
+    cut = flac[: len(flac) * 6 // 10]  # the end, unread, is missing
+    assert len(audio.load(cut, AUDIO, max_seconds=0.5)) == 8000
+    with pytest.raises(AdapterError):
+        audio.load(cut, AUDIO)
+
+
+AUDIO_FILES = {"WAV": audio_file(tone(0.2, 22050, channels=2), 22050, "WAV", "PCM_16"),
+               "FLAC": audio_file(tone(0.2, 16000), 16000, "FLAC", "PCM_16"),
+               "OGG": audio_file(tone(0.3, 16000), 16000, "OGG", "VORBIS")}
+
+
+@pytest.mark.parametrize("fmt", AUDIO_FILES)
+@settings(max_examples=150)
+@given(data=st.data())
+def test_damaged_audio_loads_or_gives_one_sentence(fmt, data):
+    """Cut or bit-flipped files: mono samples, or one sentence of ours, never another error."""
+    try:
+        samples = audio.load(data.draw(damaged(AUDIO_FILES[fmt])), AUDIO)
+    except AdapterError as error:
+        assert_one_sentence(error)
+    else:
+        assert samples.dtype == np.float32 and samples.ndim == 1 and len(samples)
 
 
 def test_continuation_metrics_tell_noise_from_a_continued_tone():

@@ -8,12 +8,17 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import gradio as gr
 import httpx
 import numpy as np
 import pytest
@@ -29,6 +34,7 @@ ASSETS = service.ROOT / "assets"
 PHOTO = ASSETS / "images" / "chelsea.png"
 CLIP = ASSETS / "audio" / "guit_em9.flac"
 SHOWN = 8  # the app shows 32x32 images enlarged 8 times
+HELD_SECONDS = 120  # a held request's own deadline, so that a failing test cannot hold the app for good
 
 
 @pytest.fixture(scope="module")
@@ -117,43 +123,91 @@ def test_audio_continuation_plays_prompt_then_continuation(client):
     assert rate == 8000 and len(audio) == 8000 + 2000
     assert np.abs(audio[:8000]).max() > 1000  # the guitar, not silence
     assert pixels(wave_plot).shape[0] > 100 and pixels(curve_plot).shape[0] > 100
-    assert "Prompt: 1.00 s" in summary and "Generated 0.25 of 0.25 s" in summary and "bytes/s" in summary and "decoding" in summary
+    assert "Prompt: 1.00 s" in summary and "Generated 0.25 of 0.25 s" in summary and "bytes/s" in summary and "decoder: eager, " in summary
     for measure in ("Spectral flatness", "Similarity to the prompt's last second", "Loudness drift"):
         assert measure in measures
 
 
-def test_stop_ends_a_generation_and_the_server_goes_on(client):
+@pytest.fixture
+def held_generations(monkeypatch):
+    """Every generation of the app (served in this process) yields silence until its client stops
+    it, so that it lasts as long as the test needs on any machine; gives the list of those stopped."""
+    stopped = []
+
+    def continue_bytes(model, prompt, new_bytes, samples, *args, **kwargs):
+        deadline = time.monotonic() + HELD_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                yield np.full((samples, 1), 0xFF, np.uint8)
+        except GeneratorExit:
+            stopped.append(True)
+            raise
+
+    monkeypatch.setattr(service, "continue_bytes", continue_bytes)
+    return stopped
+
+
+def generating(job) -> bool:
+    return len(job.outputs()) > 1  # the prompt's analysis comes first, then the generation's progress
+
+
+def test_stop_ends_a_generation_and_the_server_goes_on(client, held_generations, monkeypatch, wait_until):
     job = client.submit(handle_file(CLIP), 1.0, limits.MAX_CONTINUE_SECONDS, 1.0, 0, 0, api_name="/continue_audio")
-    while not job.outputs():  # the prompt's analysis comes first, then generation starts
-        assert not job.done()
-        time.sleep(0.1)
+    wait_until(lambda: generating(job), "the generation to start")
     job.cancel()
+    wait_until(lambda: held_generations, "the generation to stop")
+    monkeypatch.undo()
     wav, *_ = client.predict(handle_file(CLIP), 0.5, 0.25, 1.0, 0, 0, api_name="/continue_audio")
     assert len(sf.read(wav)[0]) == 4000 + 2000
 
 
-def test_scoring_does_not_wait_behind_generations(client):
-    long = [client.submit(handle_file(CLIP), 1.0, limits.MAX_CONTINUE_SECONDS, 1.0, 0, seed, api_name="/continue_audio")
-            for seed in (1, 2)]
-    while not all(job.outputs() for job in long):  # both generating: every generation slot is taken
-        assert not any(job.done() for job in long)
-        time.sleep(0.1)
-    summary, *_ = client.predict("quick", None, "auto", api_name="/explore")
-    assert summary.startswith("Scored 5 bytes") and not any(job.done() for job in long)
-    for job in long:
-        job.cancel()
+def test_scoring_does_not_wait_behind_generations(client, held_generations, wait_until):
+    held = [client.submit(handle_file(CLIP), 1.0, 1.0, 1.0, 0, seed, api_name="/continue_audio") for seed in (1, 2)]
+    try:
+        wait_until(lambda: all(generating(job) for job in held), "both generations to take the generation slots")
+        summary, *_ = client.submit("quick", None, "auto", api_name="/explore").result(timeout=HELD_SECONDS / 2)
+        assert summary.startswith("Scored 5 bytes")
+    finally:
+        for job in held:
+            job.cancel()
+    wait_until(lambda: len(held_generations) == 2, "both generations to stop")
+
+
+def test_stop_ends_an_explorer_request_and_the_server_goes_on(client, monkeypatch, wait_until):
+    scoring, stopped, score = threading.Event(), [], service.score
+
+    def endless_score(model, data, progress, **options):  # reports progress until stopped
+        scoring.set()
+        deadline = time.monotonic() + HELD_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                progress(0, len(data))
+        except ui.Stopped:
+            stopped.append(True)
+            raise
+        return score(model, data, **options)
+
+    monkeypatch.setattr(service, "score", endless_score)
+    job = client.submit("stop me", None, "auto", api_name="/explore")
+    wait_until(lambda: scoring.is_set() and job.outputs(), "the scoring to start")  # a first value: it can stop
+    job.cancel()
+    wait_until(lambda: stopped, "the scoring to stop", seconds=HELD_SECONDS / 2)
+    monkeypatch.undo()
+    still_serves(client)
 
 
 def test_explore_text_colours_every_character(client):
     text = 'naïve <b>bold</b> & "quotes" ☃\n\tend'
-    summary, page, chart, positions, table, download = client.predict(text, None, "auto", api_name="/explore")
+    summary, page, chart, positions, context, table, download = client.predict(text, None, "auto", api_name="/explore")
     assert summary.startswith(f"Scored {len(text.encode())} bytes as text")
     body = page[page.index('class="surprisal-text"') :]
     shown = [html.unescape(char) for char in re.findall(r'<span [^>]*title="[^"]*">(.*?)</span>', body, re.S)]
     assert shown == list(text)  # one span per character
     assert "<b>" not in page  # the text is shown, never run as HTML
     assert "expected:" in page  # the model's guesses, on hover
-    assert pixels(chart).shape[0] > 100 and pixels(positions).shape[0] > 100
+    assert all(pixels(plot).shape[0] > 100 for plot in (chart, positions, context))
     coders = [name for name, _ in table["data"]]
     assert coders == ["this model", "gzip -9", "xz -9e"]
     assert download is None  # a download only for a .mbz
@@ -165,10 +219,11 @@ def test_explore_text_colours_every_character(client):
     (CLIP, "audio", 3),
 ])
 def test_explore_reads_files_by_their_kind(client, path, kind, coders):
-    summary, page, chart, positions, table, _ = client.predict(None, handle_file(path), "auto", api_name="/explore")
+    summary, page, chart, positions, context, table, _ = client.predict(None, handle_file(path), "auto",
+                                                                        api_name="/explore")
     assert f"as {kind} with the {'emoji' if kind == 'image' else kind} model" in summary
     assert len(table["data"]) == coders
-    assert pixels(chart).shape[0] > 100 and pixels(positions).shape[0] > 100
+    assert all(pixels(plot).shape[0] > 100 for plot in (chart, positions, context))
     assert ("surprisal-text" in page) == (kind == "text")
     assert "An entropy patcher with the same mean patch size would cut" in summary
 
@@ -186,14 +241,90 @@ def test_explore_counts_bytes_not_characters_and_cuts_nothing(client):
     with pytest.raises(AppError) as caught:
         client.predict("é" * (limits.MAX_SCORE_BYTES // 2 + 1), None, "auto", api_name="/explore")
     assert f"The input is {limits.MAX_SCORE_BYTES + 2:,} bytes" in str(caught.value)
-    summary, *_ = client.predict("é" * (limits.MAX_SCORE_BYTES // 2), None, "auto", api_name="/explore")
-    assert summary.startswith(f"Scored {limits.MAX_SCORE_BYTES:,} bytes as text")
+    summary, *_ = client.predict("é" * 1000, None, "auto", api_name="/explore")
+    assert summary.startswith("Scored 2,000 bytes as text")  # the cap itself: a million-byte test below
 
 
 def test_explore_shows_raw_bytes_as_coloured_hex(client, bad_files):
     summary, page, *_ = client.predict(None, handle_file(bad_files / "noise.bin"), "auto", api_name="/explore")
     assert "3,000 bytes as bytes with the text model" in summary
     assert len(re.findall(r"<span [^>]*title=", page[page.index("surprisal-hex") :])) == 3000
+
+
+def shown_characters(page: str) -> str:
+    """The characters a coloured text shows, one a span."""
+    body = page[page.index('class="surprisal-text"') :]
+    return "".join(html.unescape(c) for c in re.findall(r'<span [^>]*title="[^"]*">(.*?)</span>', body, re.S))
+
+
+def shown_bytes(page: str) -> tuple[int, int]:
+    """[start, end) of the window a page colours, from its heading."""
+    start, last = re.search(r"Bytes ([\d,]+)–([\d,]+) of", page).groups()
+    return int(start.replace(",", "")), int(last.replace(",", "")) + 1
+
+
+def test_explore_scores_a_million_bytes_whole_and_colours_one_window_at_a_time(tiny_checkpoints, monkeypatch):
+    line = "Shall I compare thee to a summer’s day? Thou art more lovely — and more temperate.\n"
+    copies = limits.MAX_SCORE_BYTES // len(line.encode())
+    text = line * copies + "x" * (limits.MAX_SCORE_BYTES - copies * len(line.encode()))  # exactly the cap
+    data = text.encode()
+    scorings, score_bytes = [], service.score_bytes
+    monkeypatch.setattr(service, "score_bytes", lambda *args, **kwargs: scorings.append(1) or score_bytes(*args, **kwargs))
+    studio = ui.Studio(tiny_checkpoints)
+    summary, page, chart, positions, context, table, download, explored = studio.explore_now(text, None, "auto")
+    assert summary.startswith(f"Scored {limits.MAX_SCORE_BYTES:,} bytes as text")  # nothing cut
+    assert explored.scored.data == data and np.isfinite(explored.scored.scores.surprisal).all()
+    assert chart.width == views.CHART_WIDTH * views.DPI and context.height > 100  # the whole input, drawn
+    assert len(page.encode()) < 1_000_000  # one window, not a million spans
+    assert shown_bytes(page) == (0, limits.DETAIL_BYTES) and shown_characters(page) == data[:limits.DETAIL_BYTES].decode()
+    # Another window, by its start or by a click on the chart, from the scores kept: no scoring again.
+    middle = SimpleNamespace(index=[chart.width * (views.CHART_LEFT + views.CHART_RIGHT) / 2, 100])
+    for start, page in [(500_000, studio.window(explored, 500_000)), studio.pick_window(explored, middle)]:
+        first, end = shown_bytes(page)
+        assert start - 3 <= first <= start < end <= first + limits.DETAIL_BYTES  # from a whole character on
+        assert shown_characters(page) == data[first:end].decode()
+    assert abs(start - (500_000 - limits.DETAIL_BYTES // 2)) <= 1  # the click: the window around the byte under it
+    assert shown_bytes(studio.window(explored, limits.MAX_SCORE_BYTES - 1))[1] == limits.MAX_SCORE_BYTES  # the end
+    with pytest.raises(gr.Error, match="Window start: at most 999,999."):
+        studio.window(explored, limits.MAX_SCORE_BYTES)
+    assert len(scorings) == 1
+
+
+def test_a_window_starts_on_a_whole_character_or_a_line_of_the_hex_dump():
+    data = "aé☃b".encode()  # a at 0, é at 1-2, ☃ at 3-5, b at 6
+    assert views.window_bounds(data, 2, 3, "text") == (1, 3)  # é, whole; ☃ would not fit whole
+    assert views.window_bounds(data, 5, 100, "text") == (0, 7)  # all of a short input
+    assert views.window_bounds(bytes(100), 40, 16, "bytes") == (32, 56)
+    assert views.window_bounds(bytes(100), 95, 16, "bytes") == (64, 100)  # at the end: the last bytes, whole lines
+
+
+def test_a_click_on_the_chart_picks_the_byte_under_it():
+    n = 1_000_000
+    assert views.bar_bytes(n, 8) == 2000  # 500 bars, each the mean of 250 patches
+    chart = np.asarray(views.patch_chart(np.full(n, 4.0, np.float32), 8))
+    red = (chart[..., 0] > 150) & (chart[..., 1] < 130) & (chart[..., 2] < 130)
+    columns = np.flatnonzero(red[: chart.shape[0] // 2].any(axis=0))  # the bars, above the patch strip
+    assert views.byte_at(columns[0], n) < n / 200 and views.byte_at(columns[-1], n) > n - n / 200
+    assert views.byte_at(0, n) == 0 and views.byte_at(chart.shape[1], n) == n - 1
+
+
+def test_the_context_chart_places_each_byte_in_the_window_that_scored_it():
+    # windows of 4 bytes over 10: the first scores all of its bytes, each later one its second half
+    assert views.context_positions(10, 4).tolist() == [0, 1, 2, 3, 2, 3, 2, 3, 2, 3]
+    surprisal = (8 / np.sqrt(1 + views.context_positions(100_000, 2048))).astype(np.float32)
+    chart = np.asarray(views.context_chart(surprisal, 2048))
+    red = (chart[..., 0] > 150) & (chart[..., 1] < 130) & (chart[..., 2] < 130)
+    tops = [np.flatnonzero(red[:, column]).min() for column in np.flatnonzero(red.any(axis=0))]
+    assert tops[0] < tops[-1]  # more context, fewer bits: the line falls from left to right
+
+
+def test_audio_is_taken_up_to_what_the_checkpoints_context_holds(client, served_checkpoints):
+    assert limits.prompt_seconds(131_072 / 8000).high == 16  # the long melody model
+    assert limits.prompt_seconds(4096 / 8000).high == limits.SHORT_CONTEXT_AUDIO_SECONDS  # a short one: still 5 s
+    studio = ui.Studio(served_checkpoints)
+    assert studio.prompt_range("audio_long").high == 8 and studio.prompt_range("audio").high == 5
+    summary, *_ = client.predict(None, handle_file(CLIP), "auto", "audio_long", api_name="/explore")
+    assert "became 64,000 bytes: its first 8 s" in summary
 
 
 COMPRESSED = re.compile(r"Compressed with this model: ([\d,]+) bytes \((\d+)% of xz -9e\) "
@@ -247,7 +378,7 @@ def mbz_header(**fields) -> bytes:
     return mbz.MAGIC + bytes([mbz.FORMAT_VERSION]) + len(encoded).to_bytes(4, "little") + encoded
 
 
-def test_a_bad_mbz_gets_one_sentence(client, tmp_path):
+def test_a_bad_mbz_gets_one_sentence(client, tmp_path, tiny_checkpoints):
     text = "a short text to pack"
     _, packed = client.predict(text, None, "auto", "auto", api_name="/compress")
     blob = Path(packed).read_bytes()
@@ -257,8 +388,9 @@ def test_a_bad_mbz_gets_one_sentence(client, tmp_path):
         "other.mbz": (mbz_header(), "This .mbz was made with a checkpoint (elsewhere, sha256 000000000000...) "
                                     "that this app does not serve."),
         "types.mbz": (mbz_header(length="ten"), "The .mbz header is corrupt: its fields do not have the types"),
-        "long.mbz": (mbz_header(length=limits.MAX_SCORE_BYTES + 1), "This .mbz holds 20,001 bytes of text; the "
-                                                                     "explorer decompresses at most 20,000"),
+        "long.mbz": (mbz_header(length=limits.MAX_SCORE_BYTES + 1,
+                                checkpoint_sha256=service.checkpoint_sha256(tiny_checkpoints / "text")),
+                     "This .mbz holds 1,000,001 bytes of text; the explorer decompresses at most 1,000,000"),
     }
     for name, (data, message) in files.items():
         (tmp_path / name).write_bytes(data)
@@ -267,6 +399,34 @@ def test_a_bad_mbz_gets_one_sentence(client, tmp_path):
         assert message in str(caught.value) and "\n" not in str(caught.value), (name, str(caught.value))
     summary, *_ = client.predict(None, handle_file(tmp_path / "cut.mbz"), "bytes", api_name="/explore")
     assert summary.startswith(f"Scored {len(blob) - 3} bytes as bytes")  # read as bytes, a .mbz is only bytes
+
+
+def files_in(folder: Path) -> set[Path]:
+    return {Path(parent, name) for parent, _, files in os.walk(folder) for name in files}
+
+
+@pytest.mark.slow
+def test_fifty_requests_leave_no_files_behind(tiny_checkpoints, free_port, tmp_path, monkeypatch, wait_until):
+    """What the requests leave in the temp dir and Gradio's cache (in an app with both of its own,
+    to count them) goes once past its age: an hour in the app, seconds here."""
+    cache, temp = tmp_path / "gradio", tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(ui, "KEEP_FILES_SECONDS", 3)
+    monkeypatch.setattr(ui, "SWEEP_EVERY_SECONDS", 1)
+    demo = ui.build(tiny_checkpoints)
+    try:
+        client = Client(ui.launch(demo, port=free_port()), verbose=False, download_files=False)
+        kept = files_in(cache)  # the examples, cached as the app was built
+        for number in range(25):
+            text = f"request {number}, a text of its own"
+            client.predict(text, None, "auto", api_name="/explore")  # plots
+            client.predict(text, None, "auto", "auto", api_name="/compress")  # a download
+        assert files_in(cache) - kept  # what they made is there until it is old
+        wait_until(lambda: files_in(cache) <= kept and not files_in(temp), "the files to go", seconds=60)
+    finally:
+        demo.close()
 
 
 def test_decompressed_files_are_named_as_the_command_line_names_them():
@@ -298,10 +458,11 @@ def bad_requests(files):
         ("/continue_audio", [handle_file(files / "empty.png"), *audio], "The file is empty."),
         ("/continue_audio", [clip, 1.0, 60, 1.0, 0, 0], "Seconds to continue: at most 4."),
         ("/continue_audio", [clip, 9, 1, 1.0, 0, 0], "Prompt seconds: at most 5."),
+        ("/continue_audio", [clip, 9, 1, 1.0, 0, 0, "audio_long"], "Prompt seconds: at most 8."),  # its context
         ("/continue_audio", [clip, 1.0, 0.25, 1.0, 999, 0], "Top-k: at most 256."),
         ("/continue_audio", [clip, 1.0, 0.25, "hot", 0, 0], "Temperature: a number from 0 to 2, not 'hot'."),
         ("/explore", [None, None, "auto"], "Type some text or upload a file to score."),
-        ("/explore", ["x" * (ui.MAX_SCORE_BYTES + 1), None, "auto"], "the explorer scores at most 20,000 bytes"),
+        ("/explore", ["x" * (ui.MAX_SCORE_BYTES + 1), None, "auto"], "the explorer scores at most 1,000,000 bytes"),
         ("/explore", [None, handle_file(files / "empty.png"), "text"], "The file is empty."),
         ("/explore", [None, handle_file(files / "truncated.png"), "auto"], "The image file is truncated or corrupt."),
         ("/explore", ["plain words", None, "audio"], "The audio file is corrupt, truncated"),
@@ -330,10 +491,11 @@ def test_uploads_are_capped(client, app_url, bad_files):
     still_serves(client)
 
 
-def test_python_m_app_serves_and_logs_one_line_per_refused_request(tiny_checkpoints, free_port):
+def test_python_m_app_serves_and_logs_one_line_per_refused_request(tiny_checkpoints, free_port, tmp_path):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "app", "--checkpoints", str(tiny_checkpoints), "--port", str(port)],
-                              cwd=service.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=service.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         assert server.stdout.readline().startswith(f"MegaByte studio: http://127.0.0.1:{port}/")
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
@@ -347,6 +509,7 @@ def test_python_m_app_serves_and_logs_one_line_per_refused_request(tiny_checkpoi
     refused = [line for line in log.splitlines() if "refused" in line]
     assert len(refused) == 2 and "Traceback" not in log, log
     assert "/complete_image: Seed:" in refused[0] and "/complete_image: Samples: at most 8." in refused[1]
+    assert not list(tmp_path.iterdir())  # its temporary files (Gradio's cache) went as it stopped
 
 
 def test_help_names_the_defaults():

@@ -1,5 +1,5 @@
-"""bench.compression, bench.mbz and bench.figures on tiny random checkpoints and tiny synthetic
-held-out data; bench.speed at its smallest sizes."""
+"""bench.compression, bench.mbz, bench.figures and bench.context on tiny random checkpoints and
+tiny synthetic held-out data; bench.speed at its smallest sizes."""
 
 import io
 import json
@@ -13,8 +13,9 @@ from PIL import Image
 import model.compress as mbz
 from adapters import Layout, audio
 from adapters.checkpoints import load_for
-from bench import compression, continuation, figures, speed
-from model import Scores, score
+from bench import compression, context, continuation, figures, speed
+from bench.mbz import xz
+from model import MegaByteConfig, Scores, build_model, save_checkpoint, score
 from model.patches import entropy_boundaries, patch_sizes
 
 LAYOUTS = {
@@ -310,3 +311,89 @@ def test_strided_column_compares_strided_with_plain_scoring_on_the_coded_share(t
     assert row.strided == pytest.approx(strided_score(model, windows[0][:600]).bits_per_byte, rel=1e-5)
     cells = read_table(compression.positions_table([row]))["row"]
     assert cells["strided / plain"] == f"{row.strided / (8 * row.coded.estimate / row.coded.original):.3f}×"
+
+
+def test_context_bench_tables_bins_and_targets(tiny_checkpoints, tmp_path, capsys):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "melody").symlink_to(tiny_checkpoints / "audio")  # context 1,024
+    (checkpoints / "text").symlink_to(tiny_checkpoints / "text")  # context 512
+    for name, layout, size in (("melody_long", {"modality": "audio", "sample_rate": 8000}, 2048),
+                               ("text_long", {"modality": "text"}, 1024)):
+        config = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=1, global_heads=1, local_dim=16,
+                                local_layers=1, local_heads=1, max_bytes=size, positions="rotary")
+        save_checkpoint(checkpoints / name, build_model(config), layout)
+    tunes = [mu_law_tone(440, 0.375), mu_law_tone(220, 0.2)]  # 3,000 and 1,600 bytes
+    write_split(tmp_path / "data" / "melody", "test", tunes, {})
+    write_split(tmp_path / "data" / "text_long", "val", [b"In the beginning. " * 70, b"And God said. " * 30], {})
+    out = tmp_path / "results" / "context.md"
+    context.main(["--checkpoints", str(checkpoints), "--data", str(tmp_path / "data"), "--out", str(out),
+                  "--threads", "1"])
+    report = out.read_text()
+    assert "UTC" in report and "cores" in report and (out.parent / "context.png").is_file()
+    assert "Measured" in capsys.readouterr().out  # the machine line is printed
+    melody = read_table(report, "## melody: melody test tunes")
+    assert list(melody) == ["0", "1", "2–3", "4–7", "8–15", "16–31", "32–63", "64–127", "128–255", "256–511",
+                            "512–1,023", "1,024–2,047", "2,048–2,999 (beyond the long context)", "all"]
+    assert melody["1,024–2,047"]["bytes"] == "1,600"
+    assert melody["2,048–2,999 (beyond the long context)"]["bytes"] == "952"
+    assert melody["all"]["bytes"] == "4,600"
+    assert list(melody["all"])[2:] == ["short (1,024)", "long (2,048)", "xz -9e"]
+    short, _ = load_for("audio", checkpoints / "melody")
+    whole = sum(score(short, t).surprisal.sum(dtype=np.float64) for t in tunes) / 4600
+    assert float(melody["all"]["short (1,024)"].strip("*")) == pytest.approx(whole, abs=0.01)  # bf16 where faster
+    text = read_table(report, "## text: held-out long documents")
+    assert list(text)[-3:] == ["512–1,023", "1,024–1,259 (beyond the long context)", "all"]
+    targets = read_table(report, "## Targets")
+    assert len(targets) == 4 and all(row["met"] in ("yes", "no") for row in list(targets.values())[:2])
+    # no document reaches position 8,192: those ratios are not made up
+    assert [row["measured"] for row in targets.values()][2:] == ["– (no bytes there)"] * 2
+    over_xz = targets["melody test tunes scored whole: the long model / xz on each whole tune"]["measured"]
+    xz_whole = 8 * sum(len(xz(t)) for t in tunes) / 4600
+    assert over_xz.endswith(f" / {xz_whole:.3f} bits per byte)")
+
+
+def test_xz_with_history_costs_a_repeat_little():
+    chunk = rng.integers(0, 256, 1024, dtype=np.uint8).tobytes()
+    edges = context.bin_edges(1024, 2048)
+    assert edges == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+    bits = np.diff(context.xz_bits_before(chunk + chunk, edges))
+    assert bits[-1] == 8 * (len(xz(chunk + chunk)) - len(xz(chunk)))  # the second copy, given the first
+    assert bits[-2] == 8 * (len(xz(chunk)) - len(xz(chunk[:512])))
+    assert bits[-1] / 1024 < 0.5 and bits[-2] / 512 > 7.5  # a repeat is nearly free; noise is not
+    assert bits.sum() == 8 * (len(xz(chunk + chunk)) - len(xz(b"")))
+    # a document shorter than the last edges stops there
+    cut = np.diff(context.xz_bits_before(chunk[:600], edges))
+    assert list(cut[-2:]) == [8 * (len(xz(chunk[:600])) - len(xz(chunk[:512]))), 0]
+    surprisal = [np.arange(10, dtype=np.float32), np.ones(3, np.float32)]
+    assert list(context.model_bits_before(surprisal[0], [0, 1, 2, 4, 8, 16])) == [0, 0, 1, 6, 28, 45]
+    assert context.bits_per_byte_between(surprisal, 2) == pytest.approx((sum(range(2, 10)) + 1) / 9)
+    assert np.isnan(context.bits_per_byte_between(surprisal, 10))
+
+
+def test_context_bench_names_the_command_for_missing_data(tiny_checkpoints, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for name in ("melody", "melody_long"):
+        (checkpoints / name).symlink_to(tiny_checkpoints / "audio")
+    with pytest.raises(SystemExit, match=r"`python -m training\.data melody`"):
+        context.main(["--checkpoints", str(checkpoints), "--data", str(tmp_path / "nowhere"),
+                      "--out", str(tmp_path / "context.md")])
+
+
+def test_fit_bench_says_how_often_auto_was_right(tiny_checkpoints, tmp_path):
+    from bench import fit
+
+    rng = np.random.default_rng(0)
+    for folder, split, size in (("image", "val", 2 * 3072), ("melody", "val", 40_000)):
+        (tmp_path / "data" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / folder / f"{split}.bin").write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    out = tmp_path / "fit.md"
+    fit.main(["--checkpoints", str(tiny_checkpoints), "--data", str(tmp_path / "data"), "--out", str(out),
+              "--count", "2", "--threads", "1"])
+    text = out.read_text()
+    photos = next(line for line in text.splitlines() if line.startswith("| photos |"))
+    assert photos.split("|")[2].strip() == "2" and photos.split("|")[3].strip() in ("0%", "50%", "100%")
+    tunes = next(line for line in text.splitlines() if line.startswith("| tunes |"))
+    assert tunes.split("|")[3].strip() == "0%"  # the tiny checkpoints hold no melody model: "audio" is chosen
+    assert "not measured" in next(line for line in text.splitlines() if line.startswith("| speech |"))

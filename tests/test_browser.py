@@ -8,12 +8,14 @@ names real ones: then they are the README's, in docs/screenshots/:
 """
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 import adapters
-from app import service
+from app import limits, service, views
+from model import read_config
 
 pytestmark = pytest.mark.browser
 
@@ -29,6 +31,12 @@ def screenshots(tmp_path_factory) -> Path:
     if os.environ.get("APP_CHECKPOINTS"):
         return service.ROOT / "docs" / "screenshots"
     return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def served(served_checkpoints) -> Path:
+    """The checkpoints the app serves."""
+    return Path(os.environ.get("APP_CHECKPOINTS") or served_checkpoints)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +76,40 @@ def wait_for_text(page, elem_id: str, text: str):
                            arg=[elem_id, text], timeout=WAIT_MS)
 
 
+
+
+def choose(page, elem_id: str, option: str):
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).click()
+
+
+def click_image_at(page, image, x: float, y: float):
+    """Clicks the pixel (x, y) of an image as the page shows it: scaled down to fit its box, centred."""
+    box = image.bounding_box()
+    width, height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    scale = min(box["width"] / width, box["height"] / height, 1)
+    image.click(position={"x": (box["width"] - width * scale) / 2 + x * scale,
+                          "y": (box["height"] - height * scale) / 2 + y * scale})
+
+
+def python_example(page):
+    """Picks the explorer's Python code example, which leaves no file, and waits until its text is in the box
+    (it comes from the server: text typed before then would be overwritten)."""
+    page.get_by_role("button", name="Python code").click()
+    page.wait_for_function("() => document.querySelector('#explore-text textarea').value.startsWith('def greet')")
+
+
+def wait_for_continuation(page, seconds: float):
+    """Waits until the WAV of prompt + continuation, as the browser decodes it, lasts `seconds`:
+    the player may show the prompt alone a little after the summary says the continuation is made."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while (lasts := page.evaluate("""async () => {
+        const wav = await fetch(document.querySelector('#continuation a[download]').href);
+        const audio = await new OfflineAudioContext(1, 1, 8000).decodeAudioData(await wav.arrayBuffer());
+        return audio.duration;
+    }""")) != pytest.approx(seconds, abs=0.01):
+        assert time.monotonic() < deadline, f"the WAV lasts {lasts} s, not {seconds} s"
+        page.wait_for_timeout(250)
 
 
 def toast(page, text: str):
@@ -136,12 +178,7 @@ def test_continue_an_audio_clip(page, outside_requests, screenshots):
     wait_for_text(page, "audio-estimate", "at the last measured")
     for measure in ("Spectral flatness", "Similarity to the prompt's last second", "Loudness drift"):
         wait_for_text(page, "audio-measures", measure)
-    seconds = page.evaluate("""async () => {
-        const wav = await fetch(document.querySelector('#continuation a[download]').href);
-        const audio = await new OfflineAudioContext(1, 1, 8000).decodeAudioData(await wav.arrayBuffer());
-        return audio.duration;
-    }""")
-    assert seconds == pytest.approx(1.25, abs=0.01)  # prompt + continuation
+    wait_for_continuation(page, 1.25)  # prompt + continuation
     page.locator("#continuation button[aria-label='Play']").click()
     player = page.locator("#continuation audio[src^='blob:']")  # the waveform player's own element
     page.wait_for_function("el => el.currentTime > 0", arg=player.element_handle(), timeout=WAIT_MS)
@@ -158,6 +195,22 @@ def test_stop_says_how_far_it_got(page):
     page.get_by_role("button", name="Stop").click()
     wait_for_text(page, "audio-summary", "Stopped after")
     set_slider(page, "new-seconds", 0.25)
+
+
+def test_continue_an_8_second_audio_prompt_with_a_long_context_checkpoint(page, served):
+    open_tab(page, "Audio continuation")  # the clip of test_continue_an_audio_clip is still there
+    longest = max(adapters.checkpoints.catalog(served, "audio"), key=lambda folder: read_config(folder)["model"]["max_bytes"])
+    if read_config(longest)["model"]["max_bytes"] < 8 * 8000:
+        pytest.skip(f"no audio checkpoint in {served} holds 8 s of 8 kHz audio")
+    choose(page, "audio-checkpoint", adapters.checkpoints.description(longest))
+    wait_for_text(page, "prompt-seconds", "at most 8")  # the slider goes up to what its context holds
+    set_slider(page, "prompt-seconds", 8)
+    page.get_by_role("button", name="Continue").click()
+    wait_for_text(page, "audio-summary", "Prompt: 8.00 s")  # this request's summary, not the last one's
+    wait_for_text(page, "audio-summary", "Generated 0.25 of 0.25 s")
+    wait_for_continuation(page, 8.25)
+    choose(page, "audio-checkpoint", adapters.checkpoints.description(service.default_checkpoint("audio", served)))
+    set_slider(page, "prompt-seconds", 1)
 
 
 def test_explore_a_text(page, outside_requests, screenshots):
@@ -181,18 +234,49 @@ def test_explore_a_text(page, outside_requests, screenshots):
     assert not outside_requests
 
 
+def test_explore_a_million_bytes_with_an_overview_and_a_chosen_window(page, outside_requests, screenshots, tmp_path):
+    open_tab(page, "Surprisal explorer")
+    n, window = limits.MAX_SCORE_BYTES, limits.DETAIL_BYTES
+    sonnets = (ASSETS / "text" / "sonnets.txt").read_bytes()
+    big = tmp_path / "sonnets.txt"
+    big.write_bytes(sonnets * (n // len(sonnets)) + b" " * (n % len(sonnets)))
+    page.locator("#explore-file input[type=file]").set_input_files(big)
+    page.get_by_role("button", name="Score").click()
+    wait_for_text(page, "explore-summary", f"Scored {n:,} bytes as text")
+    overview = page.locator("#explore-chart img")
+    width = page.wait_for_function("img => img.complete && img.naturalWidth", arg=overview.element_handle()).json_value()
+    assert width == views.CHART_WIDTH * views.DPI
+    wait_for_text(page, "surprisal", f"Bytes 0–{window - 1:,} of {n:,}")
+    spans = page.locator("#surprisal .surprisal-text span[title]")
+    assert 0 < spans.count() <= window
+    # A window by its start, then by a click on the overview a quarter of the way along it.
+    page.locator("#window-start input").fill("600000")
+    wait_for_text(page, "surprisal", f"Bytes 600,000–{600_000 + window - 1:,} of {n:,}")
+    x = views.CHART_WIDTH * views.DPI * (views.CHART_LEFT + (views.CHART_RIGHT - views.CHART_LEFT) / 4)
+    click_image_at(page, overview, x, 100)
+    page.wait_for_function("() => document.querySelector('#window-start input').value !== '600000'")
+    start = int(page.locator("#window-start input").input_value())
+    assert abs(start - (n // 4 - window // 2)) < 3 * n / (views.CHART_WIDTH * views.DPI)  # within 3 pixels
+    wait_for_text(page, "surprisal", f"Bytes {start:,}–")
+    assert page.locator("#surprisal").evaluate("el => el.innerHTML.length") < 1_000_000  # one window of spans
+    page.screenshot(path=screenshots / "explorer_million.png", full_page=True)
+    assert not outside_requests
+    python_example(page)  # no file left for the next tests
+
+
 def test_the_byte_count_is_live_and_nothing_is_cut(page):
     open_tab(page, "Surprisal explorer")
+    cap = limits.MAX_SCORE_BYTES
     box = page.locator("#explore-text textarea")
     box.fill("é" * 100)
-    wait_for_text(page, "explore-count", "200 of at most 20,000 bytes")
-    box.fill("x" * 25_000)
-    wait_for_text(page, "explore-count", "25,000 bytes: over the limit of 20,000.")
-    assert len(box.input_value()) == 25_000
+    wait_for_text(page, "explore-count", f"200 of at most {cap:,} bytes")
+    box.fill("x" * (cap + 1))
+    wait_for_text(page, "explore-count", f"{cap + 1:,} bytes: over the limit of {cap:,}.")
+    assert len(box.input_value()) == cap + 1
     page.get_by_role("button", name="Score").click()
-    toast(page, "The input is 25,000 bytes")
-    box.fill("é" * 10_001)
-    wait_for_text(page, "explore-count", "20,002 bytes: over the limit of 20,000.")
+    toast(page, f"The input is {cap + 1:,} bytes")
+    box.fill("é" * (cap // 2 + 1))
+    wait_for_text(page, "explore-count", f"{cap + 2:,} bytes: over the limit of {cap:,}.")
 
 
 def test_explore_an_image_shows_what_the_model_read(page):
@@ -206,7 +290,7 @@ def test_explore_an_image_shows_what_the_model_read(page):
 
 def test_bad_input_shows_one_sentence_in_the_page(page):
     open_tab(page, "Surprisal explorer")
-    page.get_by_role("button", name="Python code").click()  # no file left from before
+    python_example(page)  # no file left from before
     page.locator("#explore-text textarea").fill("plain words are no audio clip")
     page.locator("#explore-text").scroll_into_view_if_needed()
     page.get_by_role("radio", name="audio").check()

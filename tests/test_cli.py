@@ -124,6 +124,16 @@ def test_generate_audio_writes_prompt_and_continuation(tiny_checkpoints, tmp_pat
     assert np.array_equal(pcm[:4000], prompt)
 
 
+def test_generate_audio_takes_a_prompt_as_long_as_the_context_holds(served_checkpoints, tmp_path, capsys):
+    source, out, long_model = ASSETS / "audio/guit_em9.flac", tmp_path / "more.wav", served_checkpoints / "audio_long"
+    succeeds("generate", "audio", source, "--prompt-seconds", 8, "--seconds", 0.01, "--out", out,
+             "--checkpoint", long_model)  # 64,000 bytes of its 65,536
+    assert len(sf.read(out, dtype="int16")[0]) == 64_000 + 80
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "audio", str(source), "--prompt-seconds", "9", "--checkpoint", str(long_model)])
+    assert capsys.readouterr().err == "error: Prompt seconds: at most 8.\n"
+
+
 def ogg_crc(page: bytes) -> int:
     """The Ogg page checksum: CRC-32, polynomial 0x04C11DB7, not reflected, starting at 0."""
     crc = 0
@@ -215,6 +225,7 @@ def bad_inputs(assets, folder, tmp):
         (["generate", "image", astronaut, "--rows", 32, *image_model], "Top rows to keep: at most 31."),
         (["generate", "image", astronaut, "--rows", 0, *image_model], "Top rows to keep: at least 1."),
         (["generate", "audio", choir, "--seconds", -1, *audio_model], "seconds"),
+        (["generate", "audio", choir, "--prompt-seconds", 6, *audio_model], "Prompt seconds: at most 5."),
         (["generate", "audio", choir, "--seconds", 0.01, "--out", tmp / "no/such/dir.wav", *audio_model], "write"),
     ]
 

@@ -6,11 +6,15 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -33,13 +37,14 @@ def text_model(tiny_checkpoints):
 
 def round_trip(model, data: bytes, adapt=None) -> bytes:
     blob = mbz.compress(model, data, SHA, {"modality": "bytes"}, adapt=adapt)
-    decoded, layout = mbz.decompress(model, blob, SHA)
+    decoded, layout = mbz.decompress(model, blob, SHA, adaptations=[adapt])
     assert layout == {"modality": "bytes"}
     return decoded
 
 
 # Short segments, so that a few hundred bytes already go as several rows side by side.
-few_segments = mock.patch.object(mbz, "SEGMENT_BYTES", 200)
+# rows of 200 bytes, shorter than the test model's context, so that short inputs take several rows
+few_segments = mock.patch.object(mbz, "segment_count", lambda n, context: max(1, min(mbz.MAX_SEGMENTS, n // 200)))
 
 
 @settings(max_examples=20, deadline=None)
@@ -71,7 +76,7 @@ def test_the_fused_decoding_step_never_codes(text_model, monkeypatch):
     data = bytes(range(256)) * 3
     with few_segments:
         made_with_it = mbz.compress(text_model, data, SHA, {"modality": "bytes"})
-        monkeypatch.setattr(fused_step, "_built", False)
+        monkeypatch.setattr(fused_step, "transformer_step", lambda *a, **k: pytest.fail("coding took the fused step"))
         assert mbz.compress(text_model, data, SHA, {"modality": "bytes"}) == made_with_it
         assert mbz.decompress(text_model, made_with_it, SHA)[0] == data
 
@@ -115,9 +120,12 @@ def test_assets_come_back_as_their_adapter_coded_them(tiny_checkpoints, name):
         assert result.content[:4] == b"RIFF" and result.suffix == ".wav"
 
 
+GENESIS = (ASSETS / "text/genesis.txt").read_bytes()[:600]
+
+
 @pytest.fixture(scope="module")
 def blob(text_model):
-    return mbz.compress(text_model, (ASSETS / "text/genesis.txt").read_bytes()[:600], SHA, {"modality": "text"})
+    return mbz.compress(text_model, GENESIS, SHA, {"modality": "text"})
 
 
 def refusal(model, blob, sha=SHA) -> str:
@@ -147,12 +155,182 @@ def test_a_truncated_file_is_refused(text_model, blob):
     assert "not a .mbz" in refusal(text_model, b"PK\x03\x04 a zip file")
 
 
+def with_header(blob: bytes, header) -> bytes:
+    """The .mbz with this header (as an attacker would write it), its payload kept."""
+    payload = blob[len(blob) - mbz.read_header(blob)["payload_bytes"] :]
+    encoded = json.dumps(header).encode()
+    return mbz.MAGIC + bytes([mbz.FORMAT_VERSION]) + len(encoded).to_bytes(4, "little") + encoded + payload
+
+
+def edited(blob: bytes, **fields) -> bytes:
+    return with_header(blob, {**mbz.read_header(blob), **fields})
+
+
 def test_another_torch_version_is_refused(text_model, blob):
+    assert "torch 1.0.0" in refusal(text_model, edited(blob, torch="1.0.0"))
+
+
+# Every claim of a header is checked before any work that grows with it. (Issue 21: four edited
+# copies of a real 5.8 KB .mbz held the server's scoring slots and grew it to 13 GB.)
+
+# Python memory a decode may take: GENESIS's takes under 0.2 MB; the old decoder allocated a
+# claimed length's bytes there (600 MB for the attacker's) before torch's rows.
+MEMORY_BOUND = 4 << 20
+
+
+@contextmanager
+def bounded_work(model, max_length: int):
+    """Fails, at once, what runs inside when it calls the model more than decoding max_length
+    bytes needs (a local pass a byte; Adaptation's SGD steps each time the window slides by
+    half), and, after, when it took more than MEMORY_BOUND (tracemalloc). Yields the counts."""
+    work = {"local passes": 0, "SGD steps": 0}
+    most = {"local passes": max_length + model.patch_size,
+            "SGD steps": mbz.Adaptation().steps * (max_length // (model.context // 2) + 1)}
+
+    def counted(function, what, amount):
+        def run(*args):
+            work[what] += amount(args)
+            assert work[what] <= most[what], f"{work[what]:,} {what}, more than {max_length:,} bytes need"
+            return function(*args)
+        return run
+
+    tracemalloc.start()
+    try:
+        with mock.patch.object(mbz, "patch_logits", counted(mbz.patch_logits, "local passes", lambda args: 1)), \
+                mock.patch.object(mbz, "adapt_model", counted(mbz.adapt_model, "SGD steps", lambda args: args[-1].steps)):
+            yield work
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < MEMORY_BOUND, f"{peak:,} bytes of Python memory"
+
+
+def decoded_or_refused(model, blob: bytes) -> bytes | None:
+    """What decompress gives for `blob` as a reader of at most len(GENESIS) bytes of text, or
+    None where it refuses in one sentence of ours; within bounded_work."""
+    with bounded_work(model, len(GENESIS)):
+        try:
+            return mbz.decompress(model, blob, SHA, max_length=len(GENESIS), layouts=[{"modality": "text"}])[0]
+        except mbz.CompressError as e:
+            assert str(e).endswith(".") and "\n" not in str(e)
+            return None
+
+
+# values near the real ones or the attackers': of the right type, they reach the checks of claims and the decoder
+NEAR = {
+    "checkpoint_sha256": st.sampled_from([SHA, "1" * 64]),
+    "checkpoint": st.text(st.characters(min_codepoint=32), max_size=20),
+    "torch": st.sampled_from([torch.__version__, "1.0.0"]),
+    "isa": st.sampled_from(["avx2", "avx512"]),
+    "length": st.integers(0, 2 * len(GENESIS)) | st.sampled_from([600_000_000, 10**12]),
+    "crc32": st.integers(0, 2**32 - 1),
+    "payload_bytes": st.integers(0, 2_000),
+    "segments": st.integers(0, 40) | st.just(100_000_000),
+    "threads": st.integers(0, 64),
+    "adapt": st.sampled_from([None, asdict(mbz.Adaptation())])
+    | st.fixed_dictionaries({"steps": st.integers(), "lr": st.floats()}),
+    "layout": st.sampled_from([{"modality": "text"}, {"modality": "bytes"},
+                               {"modality": "image", "image_size": 100_000, "image_order": "raster"}]),
+}
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=6)
+
+
+def header_edits(values: dict) -> st.SearchStrategy:
+    """One to three header fields, each set to a value drawn from values[field]."""
+    return st.lists(st.sampled_from(sorted(values)).flatmap(lambda key: st.tuples(st.just(key), values[key])),
+                    min_size=1, max_size=3).map(dict)
+
+
+@settings(max_examples=50, deadline=None)
+@given(edits=header_edits(NEAR))
+def test_a_header_edited_to_values_near_the_real_ones_is_refused_or_decodes_exactly(text_model, blob, edits):
+    assert decoded_or_refused(text_model, edited(blob, **edits)) in (None, GENESIS)
+
+
+@settings(max_examples=40, deadline=None)
+@given(edits=header_edits(dict.fromkeys(mbz.HEADER_KEYS, JSON)), dropped=st.sampled_from(sorted(mbz.HEADER_KEYS)))
+def test_a_header_edited_to_any_json_is_refused_or_decodes_exactly(text_model, blob, edits, dropped):
+    assert decoded_or_refused(text_model, edited(blob, **edits)) in (None, GENESIS)
     header = mbz.read_header(blob)
-    payload = blob[len(blob) - header["payload_bytes"] :]
-    encoded = json.dumps({**header, "torch": "1.0.0"}).encode()
-    other = mbz.MAGIC + bytes([mbz.FORMAT_VERSION]) + len(encoded).to_bytes(4, "little") + encoded + payload
-    assert "torch 1.0.0" in refusal(text_model, other)
+    del header[dropped]
+    assert decoded_or_refused(text_model, with_header(blob, header)) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=4),
+       cut=st.none() | st.integers(0, 10**6), header_size=st.none() | st.integers(0, 2**32 - 1))
+def test_damaged_bytes_are_refused_or_decode_exactly(text_model, blob, flips, cut, header_size):
+    """Bytes flipped anywhere (magic, version, header size, header, payload), the file cut short,
+    or its header size field set to any 32-bit number."""
+    damaged = bytearray(blob)
+    for position, flip in flips:
+        damaged[position % len(blob)] ^= flip
+    if header_size is not None:
+        damaged[5:9] = header_size.to_bytes(4, "little")
+    if cut is not None:
+        damaged = damaged[: cut % len(blob)]
+    assert decoded_or_refused(text_model, bytes(damaged)) in (None, GENESIS)
+
+
+@pytest.fixture(scope="module")
+def packed(tiny_checkpoints):
+    """A .mbz the app made, adapting (so that its header holds the settings), as the attacker's was."""
+    return service.compress_bytes(GENESIS, "text", tiny_checkpoints / "text", adapt=True)
+
+
+@pytest.mark.parametrize("fields, sentence", [
+    ({"length": 600_000_000, "layout": {"modality": "image", "image_size": 100_000, "image_order": "raster"}},
+     "The .mbz header is corrupt: its layout is not one its checkpoint writes."),
+    ({"length": 600_000_000}, "This .mbz holds 600,000,000 bytes, more than the 10,000,000 allowed here."),
+    ({"segments": 100_000_000},
+     "The .mbz header is corrupt: it claims 100,000,000 segments, and 600 bytes are coded in 1."),
+    ({"adapt": {"steps": 10**12, "lr": 0.1}},
+     "The .mbz header is corrupt: its adaptation is not one its checkpoint is used with."),
+    ({"threads": 64}, "The .mbz header is corrupt: it claims 64 threads, and .mbz files are coded on 1."),
+], ids=["image of side 100,000", "600 MB", "1e8 segments", "1e12 SGD steps", "64 threads"])
+def test_the_edited_copies_of_issue_21_are_refused_before_any_work(tiny_checkpoints, packed, fields, sentence):
+    model, _ = service.load(tiny_checkpoints / "text")
+    with bounded_work(model, 0) as work, pytest.raises(service.UserError) as refused:
+        service.decompress(edited(packed, **fields), tiny_checkpoints / "text")
+    assert str(refused.value) == sentence
+    assert work == {"local passes": 0, "SGD steps": 0}
+
+
+def test_a_huge_or_deep_header_is_refused_before_it_is_parsed(text_model, blob):
+    huge = edited(blob, checkpoint="x" * 5_000_000)
+    assert refusal(text_model, huge).startswith("The .mbz header is corrupt: it claims 5,000,")
+    deep = b"[" * mbz.MAX_HEADER_BYTES
+    nested = mbz.MAGIC + bytes([mbz.FORMAT_VERSION]) + len(deep).to_bytes(4, "little") + deep
+    assert refusal(text_model, nested) == "The .mbz header is corrupt: it is not valid JSON."
+
+
+def test_a_payload_that_cannot_code_its_length_is_refused(text_model, blob):
+    empty = mbz.compress(text_model, b"", SHA, {"modality": "text"})  # its payload: the coder's 8-byte flush
+    ten_mb = edited(empty, length=10_000_000, segments=mbz.segment_count(10_000_000, text_model.context))
+    with bounded_work(text_model, 0):
+        assert refusal(text_model, ten_mb) == "The .mbz file is corrupt: a payload of 8 bytes cannot code 10,000,000 bytes."
+    payload_bytes = mbz.read_header(blob)["payload_bytes"]
+    assert refusal(text_model, edited(blob, length=20)) == (
+        f"The .mbz file is corrupt: a payload of {payload_bytes:,} bytes cannot code 20 bytes.")
+
+
+def test_payload_bounds_hold_at_the_coders_extremes():
+    """A byte as sure as float32 makes it, and one as wrong, coded n times: the payload stays in
+    payload_bounds(n), and the intervals are what the bounds assume."""
+    logits = torch.full((256,), -1e4)
+    logits[65] = 1e4
+    frequencies = [int(f) for f in mbz.cumulative_frequencies(logits)]
+    total, sure, wrong = frequencies[-1], frequencies[66] - frequencies[65], frequencies[1] - frequencies[0]
+    assert sure <= 2**24 + 3 and total - sure >= 255 and total < 2**24 + 2**9 and wrong >= 1
+    for start, size in ((frequencies[65], sure), (0, wrong)):
+        for n in (0, 1, 7, 1_000):
+            encoder = mbz.RangeEncoder()
+            for _ in range(n):
+                encoder.encode(start, size, total)
+            fewest, most = mbz.payload_bounds(n)
+            assert fewest <= len(encoder.finish()) <= most
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
@@ -187,6 +365,24 @@ def test_cli_refuses_another_checkpoint_in_one_line(tiny_checkpoints, tmp_path, 
     assert len(error) == 1 and "another checkpoint (text, sha256" in error[0]
 
 
+def test_cli_decompresses_up_to_max_bytes_and_says_how_to_raise_it(tiny_checkpoints, tmp_path, capsys):
+    from app import cli
+
+    packed = tmp_path / "genesis.txt.mbz"
+    packed.write_bytes(service.compress_bytes(GENESIS, "text", tiny_checkpoints / "text"))
+    crafted = tmp_path / "crafted.mbz"
+    crafted.write_bytes(edited(packed.read_bytes(), length=600_000_000))
+    for file, cap, limit in ((packed, ["--max-bytes", "599"], 599), (crafted, [], mbz.MAX_LENGTH)):
+        with pytest.raises(SystemExit):
+            cli.main(["decompress", str(file), "--checkpoint", str(tiny_checkpoints / "text"), *cap])
+        length = mbz.read_header(file.read_bytes())["length"]
+        assert capsys.readouterr().err.strip() == (
+            f"error: {file} holds {length:,} bytes, over the limit of {limit:,}; pass --max-bytes {length} "
+            "to decompress it all (a progress bar shows the time left).")
+    cli.main(["decompress", str(packed), "--checkpoint", str(tiny_checkpoints / "text"), "--max-bytes", "600"])
+    assert (tmp_path / "genesis.txt").read_bytes() == GENESIS
+
+
 def test_adapt_learns_audio_at_its_own_rate_and_decodes(tiny_checkpoints):
     folder = tiny_checkpoints / "audio"
     _, layout = service.load_for("audio", folder)
@@ -194,3 +390,10 @@ def test_adapt_learns_audio_at_its_own_rate_and_decodes(tiny_checkpoints):
     blob = service.compress_bytes(data, "audio", folder, adapt=True)
     assert service.read_mbz_header(blob)["adapt"]["lr"] == service.ADAPT_RATES["audio"] != mbz.Adaptation.lr
     assert service.decompress(blob, folder).data == data
+
+
+def test_rows_are_at_least_a_context_long():
+    """A long-context checkpoint reads as much of the past as it can: rows never cut it short."""
+    assert mbz.segment_count(1_000_000, 2048) == mbz.MAX_SEGMENTS
+    assert mbz.segment_count(1_000_000, 131072) == 7
+    assert mbz.segment_count(100_000, 131072) == 1

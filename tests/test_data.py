@@ -169,6 +169,7 @@ def test_image_crops_are_3072_bytes_in_raster_order():
         assert data == np.asarray(c, dtype=np.uint8).tobytes()   # rows, pixels, R G B
 
 
+@pytest.mark.network
 def test_image_recipe_tiny_end_to_end(tmp_path):
     """Downloads scikit-image's wheel (about 14 MB) from PyPI."""
     from training.recipes.image import build_image
@@ -182,6 +183,7 @@ def test_image_recipe_tiny_end_to_end(tmp_path):
     assert "skimage/coffee.png" in val          # demo photos are never trained on
 
 
+@pytest.mark.network
 def test_audio_recipe_tiny_end_to_end(tmp_path):
     """Downloads two Debian packages (about 60 MB)."""
     from training.recipes.audio import build_audio
@@ -226,6 +228,7 @@ def test_emoji_split_is_by_emoji_and_skin_tones_are_left_out():
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_melody_recipe_renders_tunes_split_by_tune(tmp_path):
     """Needs music21 and fluidsynth with the FluidR3 SoundFont (the recipe installs the Debian packages)."""
     pytest.importorskip("music21")

@@ -1,15 +1,18 @@
-"""The app's side of generation and scoring: the request's checks, inductor's cache, which
-checkpoints compile in the background, the explorer's compiled scoring. (Batch buckets and
-the compiled decoding step itself are model.generate's, tested in test_model.py.)"""
+"""The app's side of generation and scoring: the request's checks and time budget, inductor's
+cache, torch's thread count, which checkpoints compile in the background, the explorer's
+compiled scoring. (Batch buckets and the compiled decoding step itself are model.generate's,
+tested in test_model.py.)"""
 
+import math
 import os
 
 import numpy as np
 import pytest
 import torch
 
+import model.compress as mbz
 from app import service
-from model import GenerationStatus, MegaByteConfig, Sampling, build_model, stream_bytes
+from model import GenerationStatus, MegaByteConfig, Sampling, build_model, save_checkpoint, stream_bytes
 
 
 def tiny():
@@ -29,19 +32,56 @@ def test_continue_bytes_checks_the_request_then_streams_as_the_model_does():
         assert str(refused.value) == sentence
     how, status = Sampling(temperature=0.9, top_k=50), GenerationStatus()
     made = service.collect(service.continue_bytes(model, b"abc", 30, 3, how, seed=2, status=status))
-    assert made == service.collect(stream_bytes(model, b"abc", 30, 3, how, seed=2))
-    assert status.path == "eager" and status.bytes_per_second > 0
+    assert made == service.collect(stream_bytes(service.decoder(model), b"abc", 30, 3, how, seed=2))
+    assert status.path == "eager, torch's layers, float32" and status.bytes_per_second > 0
 
 
-def test_compile_now_keeps_inductors_code_in_the_app_cache(monkeypatch):
+def test_work_past_its_budget_is_stopped_with_one_sentence(monkeypatch):
+    model, data = tiny(), bytes(range(256)) * 4
+    monkeypatch.setattr(service, "BUDGET_START_SECONDS", 0)
+    for speed in ("SCORE_BYTES_PER_SECOND", "CODING_BYTES_PER_SECOND", "GENERATE_BYTES_PER_SECOND"):
+        monkeypatch.setattr(service, speed, math.inf)  # every budget 0 s: past it at the first check
+    generation = service.continue_bytes(model, b"ab", 100, 3, Sampling())
+    requests = [("Scoring 1,024 bytes", lambda: service.score_bytes(model, data)),
+                ("Scoring 1,024 bytes", lambda: service.score_bytes(model, data, adapt=True)),
+                ("Generating 300 bytes", lambda: service.collect(generation))]
+    for doing, request in requests:
+        with pytest.raises(service.UserError) as stopped:
+            request()
+        assert str(stopped.value) == (f"{doing} ran past its time budget of 0 s and was stopped; the server may be "
+                                      "busy: try again later, or with less.")
+
+
+def test_coding_leaves_torchs_thread_count_alone(tiny_checkpoints, monkeypatch):
+    """The app sets torch's threads once, to the coder's; a request that set them would set them
+    for every request running beside it."""
+    folder, data = tiny_checkpoints / "text", b"the same few words again and again " * 30
+    threads = torch.get_num_threads()
+    torch.set_num_threads(mbz.THREADS)  # as the app's start-up does
+    try:
+        with monkeypatch.context() as patch:
+            changed = []
+            patch.setattr(torch, "set_num_threads", changed.append)
+            blob = service.compress_bytes(data, "text", folder, adapt=True)
+            assert service.decompress(blob, folder).data == data
+            service.score_bytes(service.load(folder)[0], data, adapt=True)
+        assert changed == []
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_compile_cache_is_chosen_at_start_up_not_by_the_compile_thread(monkeypatch):
     cache_dirs = []
-    monkeypatch.setattr(service, "compile_for_buckets",
-                        lambda model, buckets: cache_dirs.append((os.environ.get("TORCHINDUCTOR_CACHE_DIR"), buckets)))
-    # unset for compile_now; set first, so that teardown also undoes what compile_now sets
+    monkeypatch.setattr(service.Decoder, "compile",
+                        lambda decoder, buckets: cache_dirs.append(os.environ.get("TORCHINDUCTOR_CACHE_DIR")))
+    # unset; set first, so that teardown also undoes what use_compile_cache sets
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset by the test")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     service.compile_now(tiny(), (2,))
-    assert cache_dirs == [(str(service.COMPILE_CACHE / "inductor"), (2,))]
+    assert cache_dirs == [None]  # the environment is left alone
+    service.use_compile_cache()
+    service.compile_now(tiny(), (2,))
+    assert cache_dirs[-1] == str(service.COMPILE_CACHE / "inductor")
 
 
 def test_background_compile_takes_audio_at_batch_1_and_images_at_every_bucket(tiny_checkpoints, monkeypatch):
@@ -73,3 +113,19 @@ def test_once_its_scoring_is_compiled_the_explorer_scores_full_batches_with_it(m
     assert warm_up == 2  # the first window's batch and a later one
     np.testing.assert_array_equal(service.score_bytes(model, data).scores.surprisal, eager)
     assert len(calls) > warm_up and set(calls) == {(service.SCORE_BATCH, model.context)}
+
+
+def test_auto_ranks_the_checkpoints_of_a_medium_by_how_surprised_they_are(tmp_path):
+    for name, favourite in (("zeros", 0), ("ones", 1)):
+        model = tiny()
+        with torch.no_grad():  # a model sure of one byte whatever it reads
+            model.head.weight.zero_()
+            model.head.bias.fill_(-30.0)
+            model.head.bias[favourite] = 30.0
+        save_checkpoint(tmp_path / name, model, {"modality": "text"}, card=f"# always {name}\n")
+    fits = service.rank_checkpoints(bytes(100), "text", tmp_path)
+    assert [fit.folder.name for fit in fits] == ["zeros", "ones"]
+    assert fits[0].bits_per_byte < 0.01 and fits[1].bits_per_byte > 50
+    assert service.fits_summary(fits, "byte", "scored").endswith("bits per byte: scored with zeros")
+    with pytest.raises(service.UserError, match="There is no audio checkpoint"):
+        service.rank_checkpoints(bytes(100), "audio", tmp_path)

@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
@@ -82,19 +81,19 @@ def losses(run_dir):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_with_the_same_losses(tmp_path, data_dir):
+def test_a_killed_run_resumes_with_the_same_losses(tmp_path, data_dir, wait_until):
     whole = write_config(tmp_path, data_dir, "whole")
     assert run(["-m", "training.train", "--config", str(whole)]).wait() == 0
 
     broken = write_config(tmp_path, data_dir, "broken")
     process = run(["-m", "training.train", "--config", str(broken)])
     trainer = tmp_path / "broken" / "checkpoint" / "trainer.json"
-    while not trainer.exists() and process.poll() is None:
-        time.sleep(0.05)
-    while process.poll() is None and len(losses(tmp_path / "broken")) < 15:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:  # killed once it has a checkpoint and has logged half its steps (or has ended)
+        wait_until(lambda: trainer.exists() or process.poll() is not None, "the run's first checkpoint", 300)
+        wait_until(lambda: process.poll() is not None or len(losses(tmp_path / "broken")) >= 15, "15 steps", 300)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     stopped_at = json.loads(trainer.read_text())["step"]
     assert stopped_at < 30
     load_checkpoint(tmp_path / "broken" / "checkpoint")  # what is on disk is whole

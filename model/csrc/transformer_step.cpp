@@ -78,8 +78,7 @@ void layer_norm(const float* x, const T* w, const T* b, float* y, int64_t batch,
 }
 
 // GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), which vectorises through exp. 2u is
-// clamped to ±80, where the sigmoid is 0 or 1 in float anyway, so exp never overflows: fast
-// math may assume no infinities.
+// clamped to ±80, where the sigmoid is 0 or 1 in float anyway, so exp never overflows.
 void gelu(float* x, int64_t n) {
   const float c = std::sqrt(2.f / static_cast<float>(M_PI));
 #pragma omp simd
@@ -92,6 +91,22 @@ void gelu(float* x, int64_t n) {
 void add(float* x, const float* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+// Rotary positions on one (heads, head_dim) vector at `pos`, as model.layers.rotate: each pair
+// of channels (i, i + head_dim/2) turned by pos * frequency_i, the angle in fp32 as torch's.
+void rotate(float* x, const float* frequencies, int64_t heads, int64_t head_dim, int64_t pos) {
+  const int64_t half = head_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float angle = static_cast<float>(pos) * frequencies[i];
+    const float c = std::cos(angle), s = std::sin(angle);
+    for (int64_t h = 0; h < heads; ++h) {
+      float* first = x + h * head_dim + i;
+      const float a = first[0], b = first[half];
+      first[0] = a * c - b * s;
+      first[half] = a * s + b * c;
+    }
+  }
 }
 
 // One query per head against one sample's keys/values (heads, capacity, head_dim) at 0..position.
@@ -125,7 +140,7 @@ void attend(const float* q, const T* keys, const T* values, float* y, int64_t he
 
 template <typename T>
 at::Tensor step(const at::Tensor& x, int64_t pos, const std::vector<at::Tensor>& w, at::TensorList cache,
-                int64_t heads, bool with_head) {
+                int64_t heads, bool with_head, const float* frequencies) {
   const int64_t blocks = static_cast<int64_t>(cache.size()) / 2;
   const int64_t batch = x.size(0), dim = x.size(1), head_dim = dim / heads;
   const int64_t hidden = blocks ? w[8].size(0) : 0, capacity = blocks ? cache[0].size(2) : 1;
@@ -140,7 +155,11 @@ at::Tensor step(const at::Tensor& x, int64_t pos, const std::vector<at::Tensor>&
     linear(data<T>(p[2]), data<T>(p[3]), normed.data(), qkv.data(), batch, 3 * dim, dim);
     for (int64_t s = 0; s < batch; ++s) {
       // qkv holds q, k, v one after the other, each as (heads, head_dim)
-      const float* q = &qkv[s * 3 * dim];
+      float* q = &qkv[s * 3 * dim];
+      if (frequencies) {
+        rotate(q, frequencies, heads, head_dim, pos);
+        rotate(q + dim, frequencies, heads, head_dim, pos);
+      }
       T* keys = cache[2 * l].data_ptr<T>() + s * heads * capacity * head_dim;
       T* values = cache[2 * l + 1].data_ptr<T>() + s * heads * capacity * head_dim;
       for (int64_t hh = 0; hh < heads; ++hh) {
@@ -175,33 +194,81 @@ at::Tensor step(const at::Tensor& x, int64_t pos, const std::vector<at::Tensor>&
 
 }  // namespace
 
+// Every shape the loops rely on, checked before any is used: the operator writes the caches.
+void check_shapes(const at::Tensor& x, at::TensorList w, at::TensorList cache, int64_t heads, int64_t blocks,
+                  bool with_head, const at::Tensor& rotary) {
+  const int64_t batch = x.size(0), dim = x.size(1);
+  TORCH_CHECK(heads > 0 && dim % heads == 0, "heads must divide the width");
+  const int64_t hidden = blocks ? w[8].size(0) : 0;
+  auto expect = [](const at::Tensor& t, std::vector<int64_t> shape, const char* what) {
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), what, " has shape ", t.sizes(), ", expected ", at::IntArrayRef(shape));
+  };
+  for (int64_t l = 0; l < blocks; ++l) {
+    const at::Tensor* p = &w[l * kWeightsPerBlock];
+    expect(p[0], {dim}, "norm1.weight");
+    expect(p[1], {dim}, "norm1.bias");
+    expect(p[2], {3 * dim, dim}, "qkv.weight");
+    expect(p[3], {3 * dim}, "qkv.bias");
+    expect(p[4], {dim, dim}, "proj.weight");
+    expect(p[5], {dim}, "proj.bias");
+    expect(p[6], {dim}, "norm2.weight");
+    expect(p[7], {dim}, "norm2.bias");
+    expect(p[8], {hidden, dim}, "up.weight");
+    expect(p[9], {hidden}, "up.bias");
+    expect(p[10], {dim, hidden}, "down.weight");
+    expect(p[11], {dim}, "down.bias");
+    const int64_t capacity = cache[0].size(2);
+    expect(cache[2 * l], {batch, heads, capacity, dim / heads}, "keys");
+    expect(cache[2 * l + 1], {batch, heads, capacity, dim / heads}, "values");
+  }
+  const int64_t last = blocks * kWeightsPerBlock;
+  expect(w[last], {dim}, "norm.weight");
+  expect(w[last + 1], {dim}, "norm.bias");
+  if (with_head) {
+    TORCH_CHECK(w[last + 2].dim() == 2 && w[last + 2].size(1) == dim, "head.weight must be (V, width)");
+    expect(w[last + 3], {w[last + 2].size(0)}, "head.bias");
+  }
+  if (rotary.numel()) {
+    TORCH_CHECK((dim / heads) % 2 == 0, "rotary positions need an even head width");
+    TORCH_CHECK(rotary.scalar_type() == at::kFloat && rotary.is_contiguous(), "rotary frequencies in fp32");
+    expect(rotary, {dim / heads / 2}, "rotary frequencies");
+  }
+}
+
 // x (B, D): the input at `position` (a one-element tensor); weights: kWeightsPerBlock per
 // block, the final norm's w b, then optionally a head's w b; cache: keys and values
 // (B, heads, capacity, D / heads) per block, written at `position`. All fp32, or all bf16.
+// rotary: the inverse frequencies (D / heads / 2, fp32) of rotary positions, or empty for none.
 // -> (B, D) after the final norm, or the head's (B, V).
 at::Tensor transformer_step(const at::Tensor& x, const at::Tensor& position, at::TensorList weights,
-                            at::TensorList cache, int64_t heads) {
+                            at::TensorList cache, int64_t heads, const at::Tensor& rotary) {
   const auto dtype = x.scalar_type();
   TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && x.dim() == 2,
               "transformer_step takes fp32 or bf16 inputs (B, D)");
+  TORCH_CHECK(x.device().is_cpu() && position.numel() == 1, "a CPU input and one position");
   const int64_t blocks = static_cast<int64_t>(weights.size()) / kWeightsPerBlock;
   const int64_t extra = static_cast<int64_t>(weights.size()) - blocks * kWeightsPerBlock;
   TORCH_CHECK(extra == 2 || extra == 4, "12 weights per block, the final norm's, and a head's if any");
   TORCH_CHECK(static_cast<int64_t>(cache.size()) == 2 * blocks, "one keys and one values tensor per block");
   std::vector<at::Tensor> w;
   for (const auto& t : weights) {
-    TORCH_CHECK(t.scalar_type() == dtype, "weights in the input's dtype");
+    TORCH_CHECK(t.scalar_type() == dtype && t.device().is_cpu(), "weights on the CPU in the input's dtype");
     w.push_back(t.contiguous());  // the model's own parameters are contiguous already: no copy
   }
-  for (const auto& t : cache) TORCH_CHECK(t.is_contiguous() && t.scalar_type() == dtype, "contiguous cache in the input's dtype");
+  for (const auto& t : cache)
+    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == dtype && t.device().is_cpu() && t.dim() == 4,
+                "contiguous (B, heads, capacity, head width) caches on the CPU in the input's dtype");
+  check_shapes(x, w, cache, heads, blocks, extra == 4, rotary);
   const at::Tensor input = x.contiguous();
   const int64_t pos = position.item<int64_t>();
-  return dtype == at::kFloat ? step<float>(input, pos, w, cache, heads, extra == 4)
-                             : step<c10::BFloat16>(input, pos, w, cache, heads, extra == 4);
+  const float* frequencies = rotary.numel() ? rotary.data_ptr<float>() : nullptr;
+  return dtype == at::kFloat ? step<float>(input, pos, w, cache, heads, extra == 4, frequencies)
+                             : step<c10::BFloat16>(input, pos, w, cache, heads, extra == 4, frequencies);
 }
 
 TORCH_LIBRARY(megabyte, m) {
-  m.def("transformer_step(Tensor x, Tensor position, Tensor[] weights, Tensor(a!)[] cache, int heads) -> Tensor");
+  m.def("transformer_step(Tensor x, Tensor position, Tensor[] weights, Tensor(a!)[] cache, int heads, "
+        "Tensor rotary) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(megabyte, CPU, m) { m.impl("transformer_step", &transformer_step); }
