@@ -81,7 +81,7 @@ class Budget:
 
 
 # The checkpoint each modality opens on when it is there; else the first that fits, by name.
-PREFERRED = {"text": "text", "bytes": "text", "image": "emoji", "audio": "melody"}
+PREFERRED = {"text": "text", "bytes": "text", "image": "emoji", "audio": "melody_long"}
 
 
 def default_checkpoint(modality: str, root: str | Path = CHECKPOINTS) -> Path:

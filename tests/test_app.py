@@ -521,7 +521,9 @@ def test_help_names_the_defaults():
 
 def test_the_shipped_checkpoints_load():
     shipped = {folder.name: service.load(folder)[1].modality for folder in sorted(service.CHECKPOINTS.iterdir())}
-    assert shipped == {"audio": "audio", "emoji": "image", "image": "image", "melody": "audio", "text": "text"}
+    assert shipped == {"audio": "audio", "emoji": "image", "image": "image", "melody": "audio",
+                       "melody_long": "audio", "text": "text", "text_long": "text"}
+    assert service.default_checkpoint("audio").name == "melody_long"  # the audio view opens on the long melodies
     studio = ui.Studio(service.CHECKPOINTS)
     assert studio.rows_range(None).high == 31  # the image view opens on emoji, 32x32 in raster order
 
