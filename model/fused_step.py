@@ -1,4 +1,5 @@
-"""A transformer's step for one new position, fused into one CPU call: `csrc/transformer_step.cpp`.
+"""A transformer's step for one new position, fused into one CPU call, and the local model's
+patch with its sampling as another: `csrc/transformer_step.cpp`.
 
 Decoding at small batches is bound by what each torch kernel costs, not by arithmetic:
 MegaByte's local model is ~30 small matrix-vector products per byte, each its own kernel
@@ -6,6 +7,9 @@ MegaByte's local model is ~30 small matrix-vector products per byte, each its ow
 not in cache far below the memory's speed. The C++ step runs a whole `layers.Transformer`
 over one position with its KV cache (norms, attention, MLP) in one operator,
 `torch.ops.megabyte.transformer_step`, which torch.compile places in the decoding graph as is.
+`local_patch` goes further: per patch, it draws each byte (by the rules of model.sampling.sample
+that the C++ has, `sampling.CXX_RULES`), embeds it and runs the local model over it, so that
+nothing returns to torch between a patch's bytes.
 
 Built on first use (`build()`, ~1 minute) with the system's C++ compiler for this very CPU
 (-march=native), under a name that carries the CPU's flags, torch's version, the compiler's
@@ -83,6 +87,8 @@ def build() -> bool:
                 else:
                     torch.ops.load_library(str(library))
             torch.library.register_fake("megabyte::transformer_step")(_output_like)
+            torch.library.register_fake("megabyte::sample")(_draws_like)
+            torch.library.register_fake("megabyte::local_patch")(_patch_like)
             _loaded = True
         except Exception as error:  # no compiler or no ninja: torch's layers do the same work
             warnings.warn(f"The fused decoding step could not be built ({error}); decoding uses torch's layers.")
@@ -95,6 +101,16 @@ def _output_like(x, position, weights, cache, heads, rotary):
     return x.new_empty(x.shape[0], weights[-1].shape[0])
 
 
+def _draws_like(logits, knobs, uniform):
+    """sample's output for torch.compile's tracing: a byte per sample (B,)."""
+    return uniform.new_empty(logits.shape[0], dtype=torch.long)
+
+
+def _patch_like(logits, from_global, embed, weights, cache, heads, knobs, uniform):
+    """local_patch's output for torch.compile's tracing: a patch of bytes (B, P)."""
+    return uniform.new_empty(uniform.shape, dtype=torch.long)
+
+
 def fits(x: torch.Tensor, cache) -> bool:
     """Whether a step the caller asked to fuse can be: one new position with a cache, fp32 or
     bf16 on the CPU, no gradients. Whether to fuse at all is the caller's (a Decoder's) choice."""
@@ -102,15 +118,36 @@ def fits(x: torch.Tensor, cache) -> bool:
             and x.device.type == "cpu" and not torch.is_grad_enabled())
 
 
+def weights(transformer, head=None) -> list[torch.Tensor]:
+    """The operator's weights: each block's in order, the final norm's, and the head's if any."""
+    flat = []
+    for block in transformer.blocks:
+        for layer in (block.norm1, block.attn.qkv, block.attn.proj, block.norm2, block.mlp.up, block.mlp.down):
+            flat += [layer.weight, layer.bias]
+    return flat + [transformer.norm.weight, transformer.norm.bias] + ([head.weight, head.bias] if head else [])
+
+
 def transformer_step(transformer, x: torch.Tensor, positions: torch.Tensor, cache, head=None) -> torch.Tensor:
     """`transformer(x, cache, positions)` for x (B, 1, D) at one position, fused -> (B, 1, D);
     with a `head` (a Linear), `head(...)` of it, in the same call -> (B, 1, V)."""
-    weights = []
-    for block in transformer.blocks:
-        for layer in (block.norm1, block.attn.qkv, block.attn.proj, block.norm2, block.mlp.up, block.mlp.down):
-            weights += [layer.weight, layer.bias]
-    weights += [transformer.norm.weight, transformer.norm.bias] + ([head.weight, head.bias] if head else [])
     flat_cache = [tensor for pair in cache for tensor in pair]
     rotary = transformer.rotary_frequencies(x.device) if transformer.rotary else NO_ROTARY
-    return torch.ops.megabyte.transformer_step(x[:, 0], positions, weights, flat_cache, transformer.heads,
-                                               rotary)[:, None]
+    return torch.ops.megabyte.transformer_step(x[:, 0], positions, weights(transformer, head), flat_cache,
+                                               transformer.heads, rotary)[:, None]
+
+
+def sample(logits: torch.Tensor, knobs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """model.sampling.sample in C++, for the rules in CXX_RULES: the same bytes from the same
+    uniforms (B,), but where a uniform falls within rounding of a boundary between two bytes."""
+    return torch.ops.megabyte.sample(logits, knobs.float(), uniform.float())
+
+
+def local_patch(model, logits: torch.Tensor, from_global: torch.Tensor, cache, uniform: torch.Tensor,
+                knobs: torch.Tensor) -> torch.Tensor:
+    """A MegaByte patch's bytes (B, P), in one call: byte 0 drawn from `logits` (B, 256), each
+    next one from the local model (and head) run over the byte before it plus its `from_global`
+    (B, P, D_L) input, writing the local `cache`; `uniform` (B, P): one per byte."""
+    flat_cache = [tensor for pair in cache for tensor in pair]
+    return torch.ops.megabyte.local_patch(logits, from_global.contiguous(), model.local_embed.weight,
+                                          weights(model.local_model, model.head), flat_cache,
+                                          model.local_model.heads, knobs.float(), uniform.float().contiguous())

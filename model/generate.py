@@ -6,8 +6,9 @@ byte; neither recomputes the past. Works for any model with `prefill`, `decode_o
 lives here, in local variables, so one model serves many generations at once.
 
 One explicit `Decoder` per model says how it decodes: its weights' dtype, the fused C++ step
-or torch's layers, and a compiled patch step per batch bucket once it has compiled them
-(eager until then). `stream_bytes` takes the decoder; nothing module-wide switches the path.
+(drawing the bytes in C++ too where the rules allow) or torch's layers, and a compiled patch
+step per batch bucket once it has compiled them (eager until then). `stream_bytes` takes the
+decoder; nothing module-wide switches the path.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from . import fused_step, hardware
 from .megabyte import compile_decoding
-from .sampling import Sampling, sample
+from .sampling import Sampling, rules_outside_cxx, sample
 
 # Generation runs at one of these batch sizes, the samples padded up to it, so that a few
 # compiled steps serve every request (and the same seed gives the same bytes either way).
@@ -52,8 +53,10 @@ def generate_stream(
 
     All samples continue the same prompt in one batch. The same seed gives the same bytes.
     Whole patches go through `patch_step` (`model.patch_step`, or the compiled one from
-    `compile_decoding`, which gives the same bytes); `fused`: the model's steps over one
-    position as one C++ call each (model.fused_step, built by the caller); the bytes that finish a
+    `compile_decoding`, which gives the same bytes, made with fused_sampling as here);
+    `fused`: the model's steps over one position as one C++ call each (model.fused_step, built
+    by the caller), and the draws in C++ too where `sampling` has only the rules it has
+    (sampling.CXX_RULES): one uniform number per byte either way; the bytes that finish a
     partial patch, the last ones asked for and the last patch before the context is full
     go byte by byte. When the sequence reaches the model's context, the window slides: the
     last `slide_window(model)` bytes (half the context, whole patches) are prefilled again
@@ -70,16 +73,18 @@ def generate_stream(
     history = torch.tensor(list(prompt), dtype=torch.long, device=device)[None].expand(samples, -1)
     if history.shape[1] >= model.context:
         history = history[:, -slide_window(model) :]
-    patch_step = patch_step or functools.partial(model.patch_step, fused=fused)
+    fused_sampling = fused and not rules_outside_cxx(sampling)
+    draw = fused_step.sample if fused_sampling else sample
+    patch_step = patch_step or functools.partial(model.patch_step, fused=fused, fused_sampling=fused_sampling)
     logits, state = model.prefill(history, fused)
     length, made, recent = history.shape[1], 0, []
     while made < max_new_bytes:
         whole_patch = length % p == 0 and length + p < model.context and made + p <= max_new_bytes
-        uniform = torch.rand(samples, p if whole_patch else 1, 256, generator=generator, device=device)
+        uniform = torch.rand(samples, p if whole_patch else 1, generator=generator, device=device)
         if whole_patch:
             new, logits, state = patch_step(logits, state, uniform, knobs)
         else:
-            new = sample(logits, knobs, uniform[:, 0])[:, None]
+            new = draw(logits, knobs, uniform[:, 0])[:, None]
         made += new.shape[1]
         recent.append(new)
         yield new.to("cpu", torch.uint8).numpy()
@@ -132,11 +137,13 @@ def bucket_for(samples: int) -> int:
 class Decoder:
     """How one model decodes, chosen once and said aloud (gpt-fast's generate as an object):
     the model's weights and caches in `dtype`; the fused C++ step (model.fused_step) or torch's
-    layers (`fused`; None: the fused step where it builds here); a compiled patch step for
-    each batch bucket that `compile` has made, eager for the others. The same decoder and seed
-    give the same bytes, compiled or eager, in fp32 and on the fused step; in bf16 on torch's
-    layers inductor keeps in fp32 what eager rounds to bf16, so there the bytes may change
-    once compiled. Another dtype or path gives other bytes: describe() says which ran."""
+    layers (`fused`; None: the fused step where it builds here), the fused one drawing the bytes
+    in C++ for the rules it has (sampling.CXX_RULES) and in torch, eagerly, for the others; a
+    compiled patch step for each batch bucket that `compile` has made, eager for the others.
+    The same decoder and seed give the same bytes, compiled or eager, in fp32 and on the fused
+    step; in bf16 on torch's layers inductor keeps in fp32 what eager rounds to bf16, so there
+    the bytes may change once compiled. Another dtype or path gives other bytes: describe()
+    says which ran."""
 
     def __init__(self, model, dtype: torch.dtype = torch.float32, fused: bool | None = None):
         built = fused_step.build() if fused is not False else False
@@ -160,17 +167,31 @@ class Decoder:
         # every (model, dtype, bucket) is one compiled graph of the same function
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         for bucket in buckets:
-            step = compile_decoding(self.model, self.fused)
+            step = compile_decoding(self.model, self.fused, fused_sampling=self.fused)
             # a prompt of one whole patch: the first call of the step compiles it
             generate(self.model, bytes(self.model.patch_size), self.model.patch_size, bucket, patch_step=step,
                      fused=self.fused)
             self.steps[bucket] = step
 
-    def describe(self, samples: int = 1) -> str:
-        """The path a request of `samples` takes, in words: "compiled, fused C++ step, float32"."""
-        how = "compiled" if bucket_for(samples) in self.steps else "eager"
+    def step_for(self, samples: int, sampling: Sampling = Sampling()) -> Callable | None:
+        """The compiled step a request takes, or None: eager. A fused decoder's steps draw in
+        C++, so a rule the C++ sampler lacks runs eagerly, drawn in torch."""
+        if self.fused and rules_outside_cxx(sampling):
+            return None
+        return self.steps.get(bucket_for(samples))
+
+    def describe(self, samples: int = 1, sampling: Sampling = Sampling()) -> str:
+        """The path a request of `samples` drawn by `sampling` takes, in words: "compiled,
+        fused C++ step, sampling in C++, float32"."""
+        how = "compiled" if self.step_for(samples, sampling) else "eager"
         layers = "fused C++ step" if self.fused else "torch's layers"
-        return f"{how}, {layers}, {str(self.dtype).removeprefix('torch.')}"
+        if not self.fused:
+            draws = "sampling in torch"
+        elif outside := rules_outside_cxx(sampling):
+            draws = f"sampling in torch ({', '.join(outside)} not in C++)"
+        else:
+            draws = "sampling in C++"
+        return f"{how}, {layers}, {draws}, {str(self.dtype).removeprefix('torch.')}"
 
 
 def stream_bytes(decoder: Decoder, prompt: bytes, new_bytes: int, samples: int, sampling: Sampling = Sampling(),
@@ -181,10 +202,10 @@ def stream_bytes(decoder: Decoder, prompt: bytes, new_bytes: int, samples: int, 
     request's own."""
     status = status or GenerationStatus()
     bucket = bucket_for(samples)
-    status.path = decoder.describe(samples)
+    status.path = decoder.describe(samples, sampling)
     start, made = time.perf_counter(), 0
     for part in generate_stream(decoder.model, prompt, new_bytes, bucket, sampling, seed,
-                                patch_step=decoder.steps.get(bucket), fused=decoder.fused):
+                                patch_step=decoder.step_for(samples, sampling), fused=decoder.fused):
         made += part.shape[1]
         status.bytes_per_second = samples * made / (time.perf_counter() - start)
         yield part[:samples]

@@ -86,11 +86,11 @@ def decoding_dtype(model, batch: int, fused: bool = False, patches: int = 3) -> 
         p = candidate.patch_size
         logits, state = candidate.prefill(torch.zeros(batch, p, dtype=torch.long, device=device), fused)
         knobs = Sampling().knobs(device)
-        uniform = torch.rand(batch, p, 256, device=device)
+        uniform = torch.rand(batch, p, device=device)
         best = float("inf")
         for _ in range(patches + 1):  # the first one warms up
             start = time.perf_counter()
-            _, logits, state = candidate.patch_step(logits, state, uniform, knobs, fused)
+            _, logits, state = candidate.patch_step(logits, state, uniform, knobs, fused, fused_sampling=fused)
             best = min(best, time.perf_counter() - start)
         return best
 

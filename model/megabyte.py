@@ -165,17 +165,22 @@ class MegaByte(nn.Module):
                 state._replace(length=length))
 
     def patch_step(self, logits: torch.Tensor, state: MegaByteState, uniform: torch.Tensor, knobs: torch.Tensor,
-                   fused: bool = False):
+                   fused: bool = False, fused_sampling: bool = False):
         """The hot step of generation, at a patch boundary, a function of tensors only
-        (compile_decoding compiles it): P local steps, each sampling a byte with its noise
-        `uniform` (B, P, 256), then one global step over the finished patch. Python runs
-        once per patch instead of once per byte. -> (patch (B, P), next logits, state)."""
-        chosen = []
-        for inside in range(self.patch_size):
-            chosen.append(sample(logits, knobs, uniform[:, inside]))
-            if inside + 1 < self.patch_size:
-                logits = self.next_in_patch(chosen[-1], state.from_global, inside + 1, state.local_cache, fused)
-        patch = torch.stack(chosen, 1)
+        (compile_decoding compiles it): P local steps, each drawing a byte with its uniform
+        number from `uniform` (B, P), then one global step over the finished patch. Python runs
+        once per patch instead of once per byte. `fused_sampling`: the P local steps and their
+        draws as one C++ call (model.fused_step.local_patch; the rules in sampling.CXX_RULES
+        only). -> (patch (B, P), next logits, state)."""
+        if fused_sampling:
+            patch = fused_step.local_patch(self, logits, state.from_global, state.local_cache, uniform, knobs)
+        else:
+            chosen = []
+            for inside in range(self.patch_size):
+                chosen.append(sample(logits, knobs, uniform[:, inside]))
+                if inside + 1 < self.patch_size:
+                    logits = self.next_in_patch(chosen[-1], state.from_global, inside + 1, state.local_cache, fused)
+            patch = torch.stack(chosen, 1)
         length = state.length + self.patch_size
         from_global, logits = self.open_patch(patch, (length // self.patch_size).reshape(1), state, fused)
         return patch, logits, state._replace(from_global=from_global, length=length)
@@ -227,19 +232,21 @@ class FlatTransformer(nn.Module):
         return logits, state._replace(length=length)
 
     def patch_step(self, logits: torch.Tensor, state: FlatState, uniform: torch.Tensor, knobs: torch.Tensor,
-                   fused: bool = False):
+                   fused: bool = False, fused_sampling: bool = False):
         """Samples one byte (a patch of this model) and steps past it; as MegaByte.patch_step."""
-        byte = sample(logits, knobs, uniform[:, 0])
+        byte = (fused_step.sample if fused_sampling else sample)(logits, knobs, uniform[:, 0])
         logits, state = self.decode_one(byte, state, fused)
         return byte[:, None], logits, state
 
 
-def compile_decoding(model: nn.Module, fused: bool = False):
-    """The hot step of generation, `model.patch_step` with `fused` fixed, compiled with
-    torch.compile; a Decoder (model.generate) holds it. It holds no state, so requests share it.
+def compile_decoding(model: nn.Module, fused: bool = False, fused_sampling: bool = False):
+    """The hot step of generation, `model.patch_step` with `fused` and `fused_sampling` fixed,
+    compiled with torch.compile; a Decoder (model.generate) holds it. It holds no state, so
+    requests share it.
 
     With `fused`, each transformer's step over one position is one C++ call
-    (model.fused_step, which the caller has built), which the graph calls as is. The prompt's
+    (model.fused_step, which the caller has built), which the graph calls as is; with
+    `fused_sampling` too, so are the local model's steps and draws over a whole patch. The prompt's
     prefill and the byte steps that finish a partial patch stay eager, so prompts of any
     length do not recompile. Each batch size compiles once (one to two minutes on a 2-core
     CPU, seconds from a warm inductor cache) on its first call.
@@ -250,7 +257,8 @@ def compile_decoding(model: nn.Module, fused: bool = False):
     weights are inputs of the graph, read from the model at each call and never swapped in
     place; the state's shapes and dtypes are still guarded."""
     options = {"cpp_wrapper": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-    return torch.compile(functools.partial(model.patch_step, fused=fused), dynamic=False, options=options)
+    step = functools.partial(model.patch_step, fused=fused, fused_sampling=fused_sampling)
+    return torch.compile(step, dynamic=False, options=options)
 
 
 def build_model(config: MegaByteConfig | FlatConfig) -> nn.Module:

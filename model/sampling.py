@@ -1,4 +1,5 @@
-"""How the next byte is drawn from a distribution: temperature, truncation rules, Gumbel-max."""
+"""How the next byte is drawn from a distribution: temperature, truncation rules, one uniform
+number per byte through the inverse of the kept bytes' cumulative distribution."""
 
 from __future__ import annotations
 
@@ -73,13 +74,23 @@ class PerSample:
         return torch.stack([rule.knobs(device) for rule in self.rules])
 
 
-def sample(logits: torch.Tensor, knobs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """Draws one byte per row of logits (B, 256) with the Gumbel-max trick on the kept bytes.
+# The rules that the fused C++ step also draws by (model.fused_step.sample); the others are drawn in torch.
+CXX_RULES = ("temperature", "top_k", "top_p", "min_p")
 
-    `knobs` is `Sampling.knobs` (one rule for every row) or `PerSample.knobs` (a rule per row);
-    `uniform` (B, 256) holds the randomness, so the same noise gives the same bytes. No Python
-    branches on values: one graph for every setting.
-    """
+
+def rules_outside_cxx(sampling: Sampling | PerSample) -> list[str]:
+    """The rules set in `sampling` that the C++ sampler does not implement: [] where it draws the bytes."""
+    rules = sampling.rules if isinstance(sampling, PerSample) else (sampling,)
+    return sorted({f.name for rule in rules for f in fields(rule)
+                   if f.name not in CXX_RULES and getattr(rule, f.name) != f.default})
+
+
+def ranked_cdf(logits: torch.Tensor, knobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bytes of each row of logits (B, 256) ranked likeliest first (B, 256), the cumulative
+    probability of the kept ones in that order (B, 256; flat past the last one), and how many
+    are kept (B, 1): every rule keeps the likeliest bytes down to some rank, greedy (temperature 0)
+    the first alone, so the kept bytes come first. `knobs`: as sample's. No Python branches on
+    values: one graph for every setting."""
     # each knob as a column (1 or B, 1), so that it broadcasts over the rows' 256 bytes
     temperature, top_k, top_p, min_p, eta, floor, sharpen = knobs.reshape(-1, knobs.shape[-1]).T[..., None]
     # stable, so that among equal logits the lowest byte comes first, as argmax picks it
@@ -93,13 +104,24 @@ def sample(logits: torch.Tensor, knobs: torch.Tensor, uniform: torch.Tensor) -> 
     keep = (((probs.cumsum(-1) - probs) < top_p) & (rank < top_k)
             & (probs >= min_p * probs[:, :1])
             & (probs >= torch.minimum(eta, eta.sqrt() * torch.exp(-nats)))
-            & (probs >= floor)) | (rank == 0)
-    # the floor moves the weights only where it is set, so that the old settings draw the same bytes
-    weights = torch.where(floor > 0, (probs - floor).clamp_min(1e-30).log(), ranked)
-    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-7)))
-    choice = (weights.masked_fill(~keep, float("-inf")) + gumbel).argmax(-1)
-    choice = torch.where(temperature[:, 0] > 0, choice, torch.zeros_like(choice))  # greedy: rank 0
-    return order.gather(-1, choice[:, None])[:, 0]
+            & (probs >= floor) & (temperature > 0)) | (rank == 0)
+    weights = torch.where(keep, (probs - floor).clamp_min(0), 0)  # the floor subtracts nothing where it is 0
+    return order, weights.cumsum(-1), keep.sum(-1, keepdim=True)
+
+
+def sample(logits: torch.Tensor, knobs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Draws one byte per row of logits (B, 256) by the inverse of the kept bytes' cumulative
+    distribution (ranked_cdf): the byte whose share of it holds `uniform` (B,), in [0, 1), times
+    the kept probability. One uniform a byte, so that the C++ sampler (model.fused_step.sample)
+    draws the same bytes from the same uniforms, but where a uniform falls within rounding of
+    a boundary between two bytes.
+
+    `knobs` is `Sampling.knobs` (one rule for every row) or `PerSample.knobs` (a rule per row).
+    """
+    order, cdf, kept = ranked_cdf(logits, knobs)
+    target = uniform[:, None].float() * cdf[:, -1:]
+    choice = (cdf <= target).sum(-1, keepdim=True).minimum(kept - 1)  # a uniform rounded up to 1 takes the last kept
+    return order.gather(-1, choice)[:, 0]
 
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -232,6 +232,41 @@ def test_the_fused_step_writes_the_caches_torch_writes(config, dtype, tolerance,
         torch.testing.assert_close(fused_made, torch_made, atol=tolerance * scale, rtol=tolerance)
 
 
+@pytest.mark.parametrize("config", [TINY, ODD, ROTARY], ids=["tiny", "odd", "rotary"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_a_patch_drawn_in_one_cxx_call_is_the_patch_drawn_byte_by_byte(config, dtype):
+    """model.fused_step.local_patch against the fused step's byte-by-byte path with torch's draws,
+    from the same state and uniforms, three patches on: the same bytes, next logits and caches.
+    In fp32 the local model's logits are the same floats either way. In bf16 the byte-by-byte
+    path rounds them to bf16 before drawing, which moves the boundaries between bytes: there
+    the model is greedy and loud (weights 50× the initial ones, so no two logits are near),
+    and the logits and caches agree to bf16's rounding."""
+    assert fused_step.build()
+    model, x = tiny(config), torch.randint(0, 256, (3, 6))
+    how = Sampling(temperature=0.9, top_p=0.95)
+    if dtype == torch.bfloat16:
+        how = Sampling(temperature=0)
+        with torch.no_grad():
+            for layer in model.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.mul_(50)
+    model, uniform = model.to(dtype), torch.rand(3, model.patch_size)
+    results = {}
+    with torch.no_grad():
+        for fused_sampling in (False, True):
+            logits, state = model.prefill(x, fused=True)
+            for _ in range(3):
+                patch, logits, state = model.patch_step(logits, state, uniform, how.knobs("cpu"), True, fused_sampling)
+            results[fused_sampling] = [patch, logits] + [t for pair in state.global_cache + state.local_cache for t in pair]
+    assert torch.equal(results[True][0], results[False][0])
+    for byte_by_byte, in_one_call in zip(results[False][1:], results[True][1:]):
+        if dtype == torch.float32:
+            assert torch.equal(in_one_call, byte_by_byte)
+        else:
+            scale = byte_by_byte.abs().max().clamp_min(1).item()
+            torch.testing.assert_close(in_one_call, byte_by_byte, atol=2e-2 * scale, rtol=2e-2)
+
+
 @pytest.mark.parametrize("config", [TINY, TINY_FLAT, ROTARY], ids=["megabyte", "flat", "rotary"])
 def test_greedy_generation_follows_the_full_forward_pass_past_the_context(config, fused):
     model = tiny(config)
@@ -254,7 +289,7 @@ def test_greedy_generation_follows_the_full_forward_pass_past_the_context(config
 def test_sampling_follows_the_distribution_and_keeps_only_allowed_bytes():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05] + [0.0] * 252)
     logits = probs.clamp_min(1e-12).log().expand(40_000, -1)
-    uniform = torch.rand(logits.shape, generator=torch.Generator().manual_seed(0))
+    uniform = torch.rand(40_000, generator=torch.Generator().manual_seed(0))
 
     def frequencies(**how):
         return torch.bincount(sample(logits, Sampling(**how).knobs("cpu"), uniform), minlength=256)[:5] / 40_000
@@ -372,7 +407,7 @@ def test_samples_are_padded_to_their_bucket_and_the_status_says_eager():
     model, status = tiny(), GenerationStatus()
     made = collect(stream_bytes(Decoder(model, fused=False), b"abc", 30, 3, Sampling(), seed=2, status=status))
     assert made == generate(model, b"abc", 30, 4, seed=2)[:3]
-    assert status.path == "eager, torch's layers, float32" and status.bytes_per_second > 0
+    assert status.path == "eager, torch's layers, sampling in torch, float32" and status.bytes_per_second > 0
 
 
 @pytest.mark.slow
@@ -388,9 +423,14 @@ def test_the_same_decoder_and_seed_give_the_same_bytes_compiled_or_not(dtype, fu
     decoder.compile((2,))
     status = GenerationStatus()
     assert collect(stream_bytes(decoder, b"abc", 30, 2, how, seed=7, status=status)) == eager
-    layers = "fused C++ step" if fused else "torch's layers"
-    assert status.path == f"compiled, {layers}, {str(dtype).removeprefix('torch.')}"
-    assert decoder.describe(samples=8) == f"eager, {layers}, {str(dtype).removeprefix('torch.')}"
+    path = f"fused C++ step, sampling in C++, {str(dtype)[6:]}" if fused else f"torch's layers, sampling in torch, {str(dtype)[6:]}"
+    assert status.path == f"compiled, {path}"
+    assert decoder.describe(samples=8) == f"eager, {path}"
+    if fused:  # a rule the C++ sampler lacks: drawn in torch, eagerly, and said so
+        assert decoder.describe(2, Sampling(eta=0.1)) == f"eager, fused C++ step, sampling in torch (eta not in C++), {str(dtype)[6:]}"
+        status = GenerationStatus()
+        collect(stream_bytes(decoder, b"abc", 30, 2, Sampling(eta=0.1), seed=7, status=status))
+        assert status.path.startswith("eager")
 
 
 @pytest.mark.slow

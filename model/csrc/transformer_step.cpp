@@ -1,18 +1,29 @@
-// A transformer for one new position with a KV cache, as one CPU call (see model/fused_step.py).
+// A transformer for one new position with a KV cache, as one CPU call (see model/fused_step.py),
+// and the local model's whole patch with its sampling, as another.
 //
 // The same arithmetic as model.layers.Transformer over one position with a cache: pre-norm
 // blocks (LayerNorm, causal self-attention over the cached positions 0..position, LayerNorm,
 // tanh-GELU MLP), the final LayerNorm, and optionally a head, with the model's own (out, in)
-// weight matrices, stored in fp32 or bf16 (arithmetic in fp32 either way). In decoding, each
-// of these matrices meets one row per sample: torch runs each as its own small kernel (~30
-// per byte in MegaByte's local model), and its matrix-vector product reads a matrix that is
-// not already in cache at ~9 GB/s where a plain read reaches ~65 here. Plain loops that the
-// compiler vectorises do better on both counts.
+// weight matrices, stored in fp32 or bf16. Sums are in fp32; with bf16 weights the products'
+// inputs are rounded to bf16, as in torch's bf16 layers. In decoding, each of these matrices
+// meets one row per sample: torch runs each as its own small kernel (~30 per byte in
+// MegaByte's local model), and its matrix-vector product reads a matrix that is not already in
+// cache at ~9 GB/s where a plain read reaches ~65 here. Blocked kernels (AVX-512, and
+// AVX512-BF16 dot products for bf16 weights, where -march=native finds them; plain vectorised
+// loops elsewhere) do better on both counts.
+//
+// local_patch draws a patch's bytes as model.sampling.sample does (temperature, top-k, top-p,
+// min-p; one uniform number per byte), so that per byte nothing returns to Python.
 
 #include <torch/extension.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -27,39 +38,120 @@ inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
 template <typename T>
 const T* data(const at::Tensor& t) { return t.data_ptr<T>(); }
 
-// y (B, out) = x (B, in) W^T + b for W (out, in). Four rows of W at a time, so four
-// independent sums are in flight, each row read once for all B inputs while it is in L1.
-template <typename T>
-void linear(const T* w, const T* b, const float* x, float* y, int64_t batch, int64_t out, int64_t in) {
-  int64_t o = 0;
-  for (; o + 4 <= out; o += 4) {
-    const T *r0 = w + o * in, *r1 = r0 + in, *r2 = r1 + in, *r3 = r2 + in;
-    for (int64_t s = 0; s < batch; ++s) {
-      const float* xs = x + s * in;
-      float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
-#pragma omp simd reduction(+ : y0, y1, y2, y3)
-      for (int64_t i = 0; i < in; ++i) {
-        y0 += to_float(r0[i]) * xs[i];
-        y1 += to_float(r1[i]) * xs[i];
-        y2 += to_float(r2[i]) * xs[i];
-        y3 += to_float(r3[i]) * xs[i];
-      }
-      float* ys = y + s * out + o;
-      ys[0] = y0 + to_float(b[o]);
-      ys[1] = y1 + to_float(b[o + 1]);
-      ys[2] = y2 + to_float(b[o + 2]);
-      ys[3] = y3 + to_float(b[o + 3]);
+// Matrix-vector products, y (B, out) = x (B, in) W^T + b for W (out, in): each step multiplies
+// every weight matrix by one row per sample, so reading W dominates. The kernels below take R
+// rows of W and S samples at a time, R*S sums in registers: each weight vector is loaded once
+// for S samples, and the R*S independent sums keep the FMA units busy. Sample groups run
+// inside each block of rows, so a block read from memory stays in L1 for the next group.
+#if defined(__AVX512F__)
+inline __mmask16 first16(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
+
+// y[s * out + r] = W row r · x row s, for fp32 weights and inputs
+template <int R, int S>
+void dots(const float* w, const float* x, float* y, int64_t in, int64_t out) {
+  __m512 sum[R][S];
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) sum[r][s] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < in; i += 16) {
+    const __mmask16 m = first16(in - i);
+    __m512 xs[S];
+    for (int s = 0; s < S; ++s) xs[s] = _mm512_maskz_loadu_ps(m, x + s * in + i);
+    for (int r = 0; r < R; ++r) {
+      const __m512 wr = _mm512_maskz_loadu_ps(m, w + r * in + i);
+      for (int s = 0; s < S; ++s) sum[r][s] = _mm512_fmadd_ps(wr, xs[s], sum[r][s]);
     }
   }
-  for (; o < out; ++o) {
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) y[s * out + r] = _mm512_reduce_add_ps(sum[r][s]);
+}
+#endif
+
+#if defined(__AVX512BF16__)
+inline __mmask32 first32(int64_t n) { return n >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << n) - 1); }
+
+// The same for bf16 weights and inputs: _mm512_dpbf16_ps multiplies 32 pairs at once and sums
+// each two neighbours' products into one of 16 fp32 sums.
+template <int R, int S>
+void dots(const c10::BFloat16* w, const c10::BFloat16* x, float* y, int64_t in, int64_t out) {
+  __m512 sum[R][S];
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) sum[r][s] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < in; i += 32) {
+    const __mmask32 m = first32(in - i);
+    __m512bh xs[S];
+    for (int s = 0; s < S; ++s) xs[s] = (__m512bh)_mm512_maskz_loadu_epi16(m, x + s * in + i);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh wr = (__m512bh)_mm512_maskz_loadu_epi16(m, w + r * in + i);
+      for (int s = 0; s < S; ++s) sum[r][s] = _mm512_dpbf16_ps(sum[r][s], wr, xs[s]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int s = 0; s < S; ++s) y[s * out + r] = _mm512_reduce_add_ps(sum[r][s]);
+}
+#endif
+
+#if defined(__AVX512F__)
+// R rows of W (at w) against every sample, up to four at a time while the rows are in L1.
+template <int R, typename T>
+void rows_times_samples(const T* w, const T* x, float* y, int64_t batch, int64_t out, int64_t in) {
+  for (int64_t s = 0; s < batch; s += 4) {
+    const T* xs = x + s * in;
+    float* ys = y + s * out;
+    switch (std::min<int64_t>(batch - s, 4)) {
+      case 1: dots<R, 1>(w, xs, ys, in, out); break;
+      case 2: dots<R, 2>(w, xs, ys, in, out); break;
+      case 3: dots<R, 3>(w, xs, ys, in, out); break;
+      default: dots<R, 4>(w, xs, ys, in, out); break;
+    }
+  }
+}
+
+template <typename T>
+void blocked_product(const T* w, const T* x, float* y, int64_t batch, int64_t out, int64_t in) {
+  int64_t o = 0;
+  if (batch == 1)  // blocks of 8 rows: one sample's 4 sums alone would wait on each other's FMAs
+    for (; o + 8 <= out; o += 8) dots<8, 1>(w + o * in, x, y + o, in, out);
+  for (; o + 4 <= out; o += 4) rows_times_samples<4>(w + o * in, x, y + o, batch, out, in);
+  for (; o < out; ++o) rows_times_samples<1>(w + o * in, x, y + o, batch, out, in);
+}
+#endif
+
+// The portable product, where the CPU has none of the kernels above: loops the compiler vectorises.
+template <typename T>
+void plain_product(const T* w, const float* x, float* y, int64_t batch, int64_t out, int64_t in) {
+  for (int64_t o = 0; o < out; ++o) {
     const T* row = w + o * in;
     for (int64_t s = 0; s < batch; ++s) {
       float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < in; ++i) sum += to_float(row[i]) * x[s * in + i];
-      y[s * out + o] = sum + to_float(b[o]);
+      y[s * out + o] = sum;
     }
   }
+}
+
+void product(const float* w, const float* x, float* y, int64_t batch, int64_t out, int64_t in) {
+#if defined(__AVX512F__)
+  blocked_product(w, x, y, batch, out, in);
+#else
+  plain_product(w, x, y, batch, out, in);
+#endif
+}
+
+void product(const c10::BFloat16* w, const float* x, float* y, int64_t batch, int64_t out, int64_t in) {
+#if defined(__AVX512BF16__)
+  const std::vector<c10::BFloat16> rounded(x, x + batch * in);  // bf16 inputs, as torch's bf16 layers have
+  blocked_product(w, rounded.data(), y, batch, out, in);
+#else
+  plain_product(w, x, y, batch, out, in);
+#endif
+}
+
+template <typename T>
+void linear(const T* w, const T* b, const float* x, float* y, int64_t batch, int64_t out, int64_t in) {
+  product(w, x, y, batch, out, in);
+  for (int64_t s = 0; s < batch; ++s)
+    for (int64_t o = 0; o < out; ++o) y[s * out + o] += to_float(b[o]);
 }
 
 template <typename T>
@@ -110,27 +202,28 @@ void rotate(float* x, const float* frequencies, int64_t heads, int64_t head_dim,
 }
 
 // One query per head against one sample's keys/values (heads, capacity, head_dim) at 0..position.
+// The scores are a product of the keys as rows and the query as one sample, so a long cache
+// (the global model's holds up to 16,384 patches) runs through the same blocked kernels.
 template <typename T>
 void attend(const float* q, const T* keys, const T* values, float* y, int64_t heads,
             int64_t capacity, int64_t head_dim, int64_t position, float* scores) {
   const float scale = 1.f / std::sqrt(static_cast<float>(head_dim));
+  const int64_t seen = position + 1;
   for (int64_t h = 0; h < heads; ++h) {
     const float* qh = q + h * head_dim;
-    const T* kh = keys + h * capacity * head_dim;
     const T* vh = values + h * capacity * head_dim;
+    product(keys + h * capacity * head_dim, qh, scores, 1, seen, head_dim);
     float top = std::numeric_limits<float>::lowest();
-    for (int64_t j = 0; j <= position; ++j) {
-      float s = 0.f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < head_dim; ++i) s += qh[i] * to_float(kh[j * head_dim + i]);
-      scores[j] = s * scale;
-      top = std::max(top, scores[j]);
-    }
+    for (int64_t j = 0; j < seen; ++j) top = std::max(top, scores[j] *= scale);
     float total = 0.f;
-    for (int64_t j = 0; j <= position; ++j) total += scores[j] = std::exp(scores[j] - top);
+#pragma omp simd reduction(+ : total)
+    for (int64_t j = 0; j < seen; ++j) {
+      scores[j] = std::exp(scores[j] - top);
+      total += scores[j];
+    }
     float* yh = y + h * head_dim;
     std::fill_n(yh, head_dim, 0.f);
-    for (int64_t j = 0; j <= position; ++j) {
+    for (int64_t j = 0; j < seen; ++j) {
       const float weight = scores[j] / total;
 #pragma omp simd
       for (int64_t i = 0; i < head_dim; ++i) yh[i] += weight * to_float(vh[j * head_dim + i]);
@@ -138,17 +231,17 @@ void attend(const float* q, const T* keys, const T* values, float* y, int64_t he
   }
 }
 
+// h (B, D), the input at `pos`, through every block, the final norm and the head if there is
+// one -> (B, D), or the head's (B, V), in fp32; writes the caches at `pos`.
 template <typename T>
-at::Tensor step(const at::Tensor& x, int64_t pos, const std::vector<at::Tensor>& w, at::TensorList cache,
-                int64_t heads, bool with_head, const float* frequencies) {
+std::vector<float> forward(std::vector<float> h, int64_t pos, const std::vector<at::Tensor>& w, at::TensorList cache,
+                           int64_t heads, bool with_head, const float* frequencies) {
   const int64_t blocks = static_cast<int64_t>(cache.size()) / 2;
-  const int64_t batch = x.size(0), dim = x.size(1), head_dim = dim / heads;
+  const int64_t dim = w[blocks * kWeightsPerBlock].size(0), batch = static_cast<int64_t>(h.size()) / dim;
+  const int64_t head_dim = dim / heads;
   const int64_t hidden = blocks ? w[8].size(0) : 0, capacity = blocks ? cache[0].size(2) : 1;
   TORCH_CHECK(0 <= pos && pos < capacity, "position outside the cache");
-  std::vector<float> h(batch * dim), normed(batch * dim), qkv(batch * 3 * dim), mixed(batch * dim),
-      up(batch * hidden), scores(capacity);
-  const T* input = x.data_ptr<T>();
-  for (int64_t i = 0; i < batch * dim; ++i) h[i] = to_float(input[i]);
+  std::vector<float> normed(batch * dim), qkv(batch * 3 * dim), mixed(batch * dim), up(batch * hidden), scores(capacity);
   for (int64_t l = 0; l < blocks; ++l) {
     const at::Tensor* p = &w[l * kWeightsPerBlock];
     layer_norm(h.data(), data<T>(p[0]), data<T>(p[1]), normed.data(), batch, dim);
@@ -180,16 +273,64 @@ at::Tensor step(const at::Tensor& x, int64_t pos, const std::vector<at::Tensor>&
   }
   const int64_t last = blocks * kWeightsPerBlock;
   layer_norm(h.data(), data<T>(w[last]), data<T>(w[last + 1]), normed.data(), batch, dim);
-  std::vector<float> logits;
-  if (with_head) {
-    logits.resize(batch * w[last + 2].size(0));
-    linear(data<T>(w[last + 2]), data<T>(w[last + 3]), normed.data(), logits.data(), batch, w[last + 2].size(0), dim);
+  if (!with_head) return normed;
+  const int64_t vocab = w[last + 2].size(0);
+  std::vector<float> logits(batch * vocab);
+  linear(data<T>(w[last + 2]), data<T>(w[last + 3]), normed.data(), logits.data(), batch, vocab, dim);
+  return logits;
+}
+
+// A sampling rule, Sampling.knobs' first four: the C++ sampler draws by these alone.
+struct Rule {
+  float temperature;
+  int64_t top_k;
+  float top_p, min_p;
+};
+
+// Sample s's rule from knobs (7,), one rule for all, or (B, 7), a rule per sample.
+Rule rule_of(const at::Tensor& knobs, int64_t s) {
+  const float* k = knobs.data_ptr<float>() + (knobs.dim() == 2 ? s * knobs.size(1) : 0);
+  return {k[0], static_cast<int64_t>(k[1]), k[2], k[3]};
+}
+
+// The float's bits as an unsigned integer of the same order: larger floats, larger integers.
+uint32_t ordered_bits(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
+
+// One byte drawn from logits (n) as model.sampling.sample draws it: the bytes ranked likeliest
+// first, the rules keep the first few, and `uniform` times their probability falls in one
+// byte's share of their cumulative distribution.
+int64_t sample_byte(const float* logits, int64_t n, const Rule& rule, float uniform) {
+  const int64_t top = std::max_element(logits, logits + n) - logits;  // the first of equal maxima
+  if (!(rule.temperature > 0)) return top;  // greedy
+  const float temperature = std::max(rule.temperature, 1e-4f), peak = logits[top] / temperature;
+  std::vector<float> probs(n);
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t i = 0; i < n; ++i) {
+    probs[i] = std::exp(logits[i] / temperature - peak);
+    total += probs[i];
   }
-  const std::vector<float>& result = with_head ? logits : normed;
-  at::Tensor out = at::empty({batch, static_cast<int64_t>(result.size()) / batch}, x.options());
-  T* o = out.data_ptr<T>();
-  for (size_t i = 0; i < result.size(); ++i) o[i] = static_cast<T>(result[i]);
-  return out;
+  for (int64_t i = 0; i < n; ++i) probs[i] /= total;
+  // The bytes min-p keeps, as keys that sort likeliest first and, among equal logits, the
+  // lower byte first (torch's stable sort): the logit's order inverted, then the byte.
+  std::vector<uint64_t> ranked;
+  for (int64_t i = 0; i < n; ++i)
+    if (probs[i] >= rule.min_p * probs[top]) ranked.push_back(uint64_t{~ordered_bits(logits[i])} << 32 | i);
+  const auto kept = ranked.begin() + std::min<int64_t>(static_cast<int64_t>(ranked.size()), rule.top_k);
+  std::nth_element(ranked.begin(), kept, ranked.end());  // top-k: the first k only need sorting
+  std::sort(ranked.begin(), kept);
+  // top-p keeps a byte while the probability ranked before it is under top_p; the first always
+  std::vector<float> cdf;
+  for (auto r = ranked.begin(); r != kept && (cdf.empty() || cdf.back() < rule.top_p); ++r)
+    cdf.push_back((cdf.empty() ? 0.f : cdf.back()) + probs[*r & 0xFFFFFFFFu]);
+  const float target = uniform * cdf.back();
+  size_t choice = 0;
+  while (choice + 1 < cdf.size() && cdf[choice] <= target) ++choice;
+  return static_cast<int64_t>(ranked[choice] & 0xFFFFFFFFu);
 }
 
 }  // namespace
@@ -235,20 +376,16 @@ void check_shapes(const at::Tensor& x, at::TensorList w, at::TensorList cache, i
   }
 }
 
-// x (B, D): the input at `position` (a one-element tensor); weights: kWeightsPerBlock per
-// block, the final norm's w b, then optionally a head's w b; cache: keys and values
-// (B, heads, capacity, D / heads) per block, written at `position`. All fp32, or all bf16.
-// rotary: the inverse frequencies (D / heads / 2, fp32) of rotary positions, or empty for none.
-// -> (B, D) after the final norm, or the head's (B, V).
-at::Tensor transformer_step(const at::Tensor& x, const at::Tensor& position, at::TensorList weights,
-                            at::TensorList cache, int64_t heads, const at::Tensor& rotary) {
+// The weights (kWeightsPerBlock per block, the final norm's w b, then optionally a head's w b)
+// and caches checked for dtype, device and shape against x (B, D) -> the weights, contiguous.
+std::vector<at::Tensor> checked_weights(const at::Tensor& x, at::TensorList weights, at::TensorList cache,
+                                        int64_t heads, bool with_head, const at::Tensor& rotary) {
   const auto dtype = x.scalar_type();
-  TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && x.dim() == 2,
-              "transformer_step takes fp32 or bf16 inputs (B, D)");
-  TORCH_CHECK(x.device().is_cpu() && position.numel() == 1, "a CPU input and one position");
+  TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16) && x.dim() == 2 && x.device().is_cpu(),
+              "the fused step takes fp32 or bf16 CPU inputs (B, D)");
   const int64_t blocks = static_cast<int64_t>(weights.size()) / kWeightsPerBlock;
   const int64_t extra = static_cast<int64_t>(weights.size()) - blocks * kWeightsPerBlock;
-  TORCH_CHECK(extra == 2 || extra == 4, "12 weights per block, the final norm's, and a head's if any");
+  TORCH_CHECK(extra == (with_head ? 4 : 2), "12 weights per block, the final norm's, and a head's if any");
   TORCH_CHECK(static_cast<int64_t>(cache.size()) == 2 * blocks, "one keys and one values tensor per block");
   std::vector<at::Tensor> w;
   for (const auto& t : weights) {
@@ -258,17 +395,123 @@ at::Tensor transformer_step(const at::Tensor& x, const at::Tensor& position, at:
   for (const auto& t : cache)
     TORCH_CHECK(t.is_contiguous() && t.scalar_type() == dtype && t.device().is_cpu() && t.dim() == 4,
                 "contiguous (B, heads, capacity, head width) caches on the CPU in the input's dtype");
-  check_shapes(x, w, cache, heads, blocks, extra == 4, rotary);
-  const at::Tensor input = x.contiguous();
+  check_shapes(x, w, cache, heads, blocks, with_head, rotary);
+  return w;
+}
+
+template <typename T>
+std::vector<float> to_floats(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  const T* p = c.data_ptr<T>();
+  std::vector<float> out(c.numel());
+  for (size_t i = 0; i < out.size(); ++i) out[i] = to_float(p[i]);
+  return out;
+}
+
+// x (B, D): the input at `position` (a one-element tensor); weights: kWeightsPerBlock per
+// block, the final norm's w b, then optionally a head's w b; cache: keys and values
+// (B, heads, capacity, D / heads) per block, written at `position`. All fp32, or all bf16.
+// rotary: the inverse frequencies (D / heads / 2, fp32) of rotary positions, or empty for none.
+// -> (B, D) after the final norm, or the head's (B, V).
+at::Tensor transformer_step(const at::Tensor& x, const at::Tensor& position, at::TensorList weights,
+                            at::TensorList cache, int64_t heads, const at::Tensor& rotary) {
+  TORCH_CHECK(position.numel() == 1, "one position");
+  const bool with_head = weights.size() % kWeightsPerBlock == 4;  // else 2, as checked_weights checks
+  const std::vector<at::Tensor> w = checked_weights(x, weights, cache, heads, with_head, rotary);
   const int64_t pos = position.item<int64_t>();
   const float* frequencies = rotary.numel() ? rotary.data_ptr<float>() : nullptr;
-  return dtype == at::kFloat ? step<float>(input, pos, w, cache, heads, extra == 4, frequencies)
-                             : step<c10::BFloat16>(input, pos, w, cache, heads, extra == 4, frequencies);
+  const bool fp32 = x.scalar_type() == at::kFloat;
+  const std::vector<float> result =
+      fp32 ? forward<float>(to_floats<float>(x), pos, w, cache, heads, with_head, frequencies)
+           : forward<c10::BFloat16>(to_floats<c10::BFloat16>(x), pos, w, cache, heads, with_head, frequencies);
+  const int64_t batch = x.size(0);
+  return at::tensor(result).reshape({batch, static_cast<int64_t>(result.size()) / batch}).to(x.scalar_type());
+}
+
+void check_sampling(const at::Tensor& logits, const at::Tensor& knobs, const at::Tensor& uniform) {
+  TORCH_CHECK(logits.dim() == 2 && logits.device().is_cpu(), "logits (B, V) on the CPU");
+  TORCH_CHECK(knobs.scalar_type() == at::kFloat && knobs.is_contiguous() && knobs.size(-1) == 7 &&
+                  (knobs.dim() == 1 || (knobs.dim() == 2 && knobs.size(0) == logits.size(0))),
+              "knobs (7,) or (B, 7) in fp32, as Sampling.knobs makes them");
+  TORCH_CHECK(uniform.scalar_type() == at::kFloat && uniform.size(0) == logits.size(0), "fp32 uniforms, one row a sample");
+  const at::Tensor unsupported = knobs.reshape({-1, 7}).slice(1, 4);  // η, floor, sharpen
+  TORCH_CHECK(!unsupported.any().item<bool>(), "the C++ sampler draws by temperature, top-k, top-p and min-p only");
+}
+
+// logits (B, V), knobs (7,) or (B, 7) (Sampling.knobs), uniform (B,) in [0, 1) -> one byte
+// per sample (B,), as model.sampling.sample draws it for the rules in Rule.
+at::Tensor sample(const at::Tensor& logits, const at::Tensor& knobs, const at::Tensor& uniform) {
+  check_sampling(logits, knobs, uniform);
+  TORCH_CHECK(uniform.dim() == 1, "one uniform per sample");
+  const int64_t batch = logits.size(0), vocab = logits.size(1);
+  const std::vector<float> values = to_floats<float>(logits.to(at::kFloat));
+  const at::Tensor u = uniform.contiguous();
+  at::Tensor bytes = at::empty({batch}, logits.options().dtype(at::kLong));
+  for (int64_t s = 0; s < batch; ++s)
+    bytes.data_ptr<int64_t>()[s] = sample_byte(&values[s * vocab], vocab, rule_of(knobs, s), u.data_ptr<float>()[s]);
+  return bytes;
+}
+
+// The bytes of one patch, each drawn and then run through the local model, in one call: byte 0
+// from `logits` (B, V); byte i from the logits of the local model at position i, whose input is
+// byte i-1's embedding plus from_global[:, i] (B, P, D), rounded to the weights' dtype as
+// torch's sum is. weights: the local model's and the head's; cache: its (B, heads, P, D/heads)
+// keys and values; uniform (B, P), one per byte. -> the bytes (B, P).
+template <typename T>
+at::Tensor draw_patch(const at::Tensor& logits, const at::Tensor& from_global, const at::Tensor& embed,
+                      const std::vector<at::Tensor>& w, at::TensorList cache, int64_t heads, const at::Tensor& knobs,
+                      const at::Tensor& uniform) {
+  const int64_t batch = from_global.size(0), patch = from_global.size(1), dim = from_global.size(2);
+  const int64_t vocab = logits.size(1);
+  const T* global = from_global.data_ptr<T>();
+  const T* table = embed.data_ptr<T>();
+  const float* u = uniform.data_ptr<float>();
+  at::Tensor bytes = at::empty({batch, patch}, logits.options().dtype(at::kLong));
+  int64_t* out = bytes.data_ptr<int64_t>();
+  std::vector<float> current = to_floats<float>(logits.to(at::kFloat));
+  for (int64_t i = 0; i < patch; ++i) {
+    for (int64_t s = 0; s < batch; ++s)
+      out[s * patch + i] = sample_byte(&current[s * vocab], vocab, rule_of(knobs, s), u[s * patch + i]);
+    if (i + 1 == patch) break;
+    std::vector<float> x(batch * dim);
+    for (int64_t s = 0; s < batch; ++s) {
+      const T* row = table + out[s * patch + i] * dim;
+      const T* add = global + (s * patch + i + 1) * dim;
+      for (int64_t d = 0; d < dim; ++d) x[s * dim + d] = to_float(static_cast<T>(to_float(row[d]) + to_float(add[d])));
+    }
+    current = forward<T>(std::move(x), i + 1, w, cache, heads, true, nullptr);
+  }
+  return bytes;
+}
+
+at::Tensor local_patch(const at::Tensor& logits, const at::Tensor& from_global, const at::Tensor& embed,
+                       at::TensorList weights, at::TensorList cache, int64_t heads, const at::Tensor& knobs,
+                       const at::Tensor& uniform) {
+  check_sampling(logits, knobs, uniform);
+  TORCH_CHECK(from_global.dim() == 3 && from_global.is_contiguous(), "from_global (B, P, D), contiguous");
+  TORCH_CHECK(uniform.dim() == 2 && uniform.size(1) == from_global.size(1) && uniform.is_contiguous(),
+              "uniform (B, P), contiguous");
+  const at::Tensor first = from_global.select(1, 0);
+  const std::vector<at::Tensor> w = checked_weights(first, weights, cache, heads, true, at::empty({0}));
+  TORCH_CHECK(embed.dim() == 2 && embed.size(0) == logits.size(1) && embed.size(1) == from_global.size(2) &&
+                  embed.scalar_type() == from_global.scalar_type() && embed.is_contiguous(),
+              "the byte embedding (V, D), contiguous, in the weights' dtype");
+  TORCH_CHECK(cache.empty() || cache[0].size(2) >= from_global.size(1), "a local cache of a patch's positions");
+  return from_global.scalar_type() == at::kFloat
+             ? draw_patch<float>(logits, from_global, embed, w, cache, heads, knobs, uniform)
+             : draw_patch<c10::BFloat16>(logits, from_global, embed, w, cache, heads, knobs, uniform);
 }
 
 TORCH_LIBRARY(megabyte, m) {
   m.def("transformer_step(Tensor x, Tensor position, Tensor[] weights, Tensor(a!)[] cache, int heads, "
         "Tensor rotary) -> Tensor");
+  m.def("sample(Tensor logits, Tensor knobs, Tensor uniform) -> Tensor");
+  m.def("local_patch(Tensor logits, Tensor from_global, Tensor embed, Tensor[] weights, Tensor(a!)[] cache, "
+        "int heads, Tensor knobs, Tensor uniform) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(megabyte, CPU, m) { m.impl("transformer_step", &transformer_step); }
+TORCH_LIBRARY_IMPL(megabyte, CPU, m) {
+  m.impl("transformer_step", &transformer_step);
+  m.impl("sample", &sample);
+  m.impl("local_patch", &local_patch);
+}
