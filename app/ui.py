@@ -649,7 +649,8 @@ class Studio:
 
 
 def decoding_path(status: service.GenerationStatus) -> str:
-    """The decoder's own words for its path, e.g. "decoder: compiled, fused C++ step, float32"."""
+    """The decoder's own words for its path, e.g. "decoder: compiled, fused C++ step, sampling in C++,
+    float32"."""
     if status.path.startswith("compiled"):
         return f"decoder: {status.path}"
     return f"decoder: {status.path}; the compiled step is not ready yet"

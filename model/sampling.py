@@ -120,7 +120,8 @@ def sample(logits: torch.Tensor, knobs: torch.Tensor, uniform: torch.Tensor) -> 
     """
     order, cdf, kept = ranked_cdf(logits, knobs)
     target = uniform[:, None].float() * cdf[:, -1:]
-    choice = (cdf <= target).sum(-1, keepdim=True).minimum(kept - 1)  # a uniform rounded up to 1 takes the last kept
+    # past the last kept byte only where u · total rounds up to the total: that byte, then
+    choice = (cdf <= target).sum(-1, keepdim=True).minimum(kept - 1)
     return order.gather(-1, choice)[:, 0]
 
 

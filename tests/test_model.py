@@ -257,7 +257,8 @@ def test_a_patch_drawn_in_one_cxx_call_is_the_patch_drawn_byte_by_byte(config, d
             logits, state = model.prefill(x, fused=True)
             for _ in range(3):
                 patch, logits, state = model.patch_step(logits, state, uniform, how.knobs("cpu"), True, fused_sampling)
-            results[fused_sampling] = [patch, logits] + [t for pair in state.global_cache + state.local_cache for t in pair]
+            caches = [t for pair in state.global_cache + state.local_cache for t in pair]
+            results[fused_sampling] = [patch, logits, *caches]
     assert torch.equal(results[True][0], results[False][0])
     for byte_by_byte, in_one_call in zip(results[False][1:], results[True][1:]):
         if dtype == torch.float32:
@@ -423,11 +424,13 @@ def test_the_same_decoder_and_seed_give_the_same_bytes_compiled_or_not(dtype, fu
     decoder.compile((2,))
     status = GenerationStatus()
     assert collect(stream_bytes(decoder, b"abc", 30, 2, how, seed=7, status=status)) == eager
-    path = f"fused C++ step, sampling in C++, {str(dtype)[6:]}" if fused else f"torch's layers, sampling in torch, {str(dtype)[6:]}"
+    name = str(dtype).removeprefix("torch.")
+    path = f"fused C++ step, sampling in C++, {name}" if fused else f"torch's layers, sampling in torch, {name}"
     assert status.path == f"compiled, {path}"
     assert decoder.describe(samples=8) == f"eager, {path}"
     if fused:  # a rule the C++ sampler lacks: drawn in torch, eagerly, and said so
-        assert decoder.describe(2, Sampling(eta=0.1)) == f"eager, fused C++ step, sampling in torch (eta not in C++), {str(dtype)[6:]}"
+        words = decoder.describe(2, Sampling(eta=0.1))
+        assert words == f"eager, fused C++ step, sampling in torch (eta not in C++), {name}"
         status = GenerationStatus()
         collect(stream_bytes(decoder, b"abc", 30, 2, Sampling(eta=0.1), seed=7, status=status))
         assert status.path.startswith("eager")
