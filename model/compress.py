@@ -46,7 +46,7 @@ FREQUENCY_BITS = 24  # each byte value gets floor(p·2^24) + 1: never zero, and 
 # row starts without context, and a row shorter than the context reads less of the past.
 ROW_BYTES = 2048  # the shortest row
 SHORT_ROWS = 8  # short inputs go as up to this many rows of ROW_BYTES or more, even under a context long
-MAX_SEGMENTS = 32
+MAX_SEGMENTS = 64  # 1 MB in 64 rows is coded in 0.7x the time of 32 rows, for 0.2% more bits
 TOP = 1 << 56  # the range coder keeps its range in [2^56, 2^64)
 MASK = (1 << 64) - 1
 HEADER_KEYS = {"checkpoint_sha256", "checkpoint", "layout", "length", "crc32", "payload_bytes",
@@ -180,6 +180,12 @@ def adapt_model(model, window: torch.Tensor, new_from: int, lengths: torch.Tenso
             parameter.sub_(adapt.lr * grad)
 
 
+def filled(cache, n: int):
+    """The cache's first n positions, as views (what a step writes lands in the cache): a step
+    attends to those alone, not to the empty rest of the window."""
+    return [(keys[:, :, :n], values[:, :, :n]) for keys, values in cache]
+
+
 @torch.no_grad()
 def walk(model, rows: torch.Tensor, lengths: torch.Tensor, visit: Callable, known: bool,
          adapt: Adaptation | None, progress: Callable[[int, int], None] | None):
@@ -208,7 +214,8 @@ def walk(model, rows: torch.Tensor, lengths: torch.Tensor, visit: Callable, know
             break
         if k + 1 - first < window_patches:
             position = torch.tensor([k + 1 - first], device=rows.device)
-            from_global = model.global_step(model.embed_patches(patch, (k - first) * p), position, cache)
+            from_global = model.global_step(model.embed_patches(patch, (k - first) * p), position,
+                                            filled(cache, k + 2 - first))
             continue
         # The window is full: it slides by half, as score()'s windows do.
         if adapt:
@@ -225,7 +232,7 @@ def segment_count(n: int, context: int) -> int:
     accepts no other count. Short inputs go as up to SHORT_ROWS rows of ROW_BYTES or more, as
     one row would take a model call per byte; longer ones as rows at least a context long, so
     the model reads as much of the past as it can (a long-context checkpoint codes 1 MB in 8
-    rows, not 32)."""
+    rows, not 64)."""
     return max(1, min(MAX_SEGMENTS, max(min(SHORT_ROWS, n // ROW_BYTES), n // context)))
 
 
