@@ -40,7 +40,7 @@ from bench.mbz import Coded, code_files, xz
 from model import CheckpointError, Scores
 from model import score
 from model.score import strided_score
-from model.compress import MAX_SEGMENTS, SEGMENT_BYTES, checkpoint_sha256
+from model.compress import MAX_SEGMENTS, ROW_BYTES, checkpoint_sha256
 from model.hardware import machine_description
 from model.patches import entropy_boundaries, patch_sizes, threshold_for_mean_size
 
@@ -447,7 +447,7 @@ def mbz_section(rows: list[Measured], mbz_bytes: int) -> list[str]:
         "the range coder's payloads (.mbz less headers) spend beyond the estimate, in bytes and as a share of "
         "it. The README puts a .mbz at the estimate plus its header and the coder's 8-byte flush (in the "
         "payload: 8 bytes a file); the claim checked here is within 0.5% plus the header. .mbz codes an input of "
-        f"{2 * SEGMENT_BYTES // 1024} KiB or more in up to {MAX_SEGMENTS} segments side by side, each starting without "
+        f"{2 * ROW_BYTES // 1024} KiB or more in up to {MAX_SEGMENTS} segments side by side, each starting without "
         "context, where `score` has context; that costs a little. *xz -9e* compresses the same files, each "
         "on its own.",
         "",

@@ -5,9 +5,11 @@ that reach it); training bytes/s and model FLOPs utilisation for MegaByte and th
 baseline (fp32/bf16, eager/compiled); generation bytes/s at batch 1 and 8 (MegaByte cached,
 eager, compiled, and as the app decodes: model.stream_bytes; flat cached; MegaByte recomputing
 the whole sequence for every byte; what MegaByte's Linear calls alone reach; the ceiling that
-memory bandwidth and the matmul peak set); scoring 1 MB and 2 MB (seconds, peak memory),
-today's fp32 path beside the fast one; compressing 1 MB to a .mbz and back. `--json` prints the headline figures as one JSON
-object on the last line.
+memory bandwidth and the matmul peak set); scoring 1 MB (seconds, peak memory), today's fp32
+path beside the fast one; compressing 16 KB and 1 MB to a .mbz against scoring the same bytes,
+and decompressing 1 MB against compressing it. `--json` prints the headline figures as one
+JSON object on the last line. The run prints how long each section took: about 15 minutes in
+all on an idle 2-core machine, and `--quick` (small sizes, nothing compiled) under 3.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import nn
 
 import model.compress as mbz
 from model import (Decoder, FlatConfig, GenerationStatus, MegaByteConfig, Sampling, build_model, fused_step, generate,
-                   next_byte_loss, stream_bytes)
+                   next_byte_loss, score, stream_bytes)
 from model.hardware import bf16_faster, decoding_dtype, machine_description, matmul_gflops
 
 MEGABYTE = MegaByteConfig(patch_size=8, byte_dim=32, global_layers=4, global_heads=4,
@@ -222,6 +224,13 @@ def coding_speed(model, data: bytes) -> dict[str, float]:
     return {"compress_seconds": middle - start, "decompress_seconds": end - middle}
 
 
+def exact_scoring_seconds(model, data: bytes) -> float:
+    """Seconds of today's exact scoring path, `score(model, data)`, on this process's threads."""
+    start = time.perf_counter()
+    score(model, data)
+    return time.perf_counter() - start
+
+
 def full_context_decoding_speed(config, new_bytes: int, repeats: int = 2) -> tuple[float, str]:
     """Batch-1 bytes/s of the app's decoder (Decoder.fastest, compiled) on a model of `config`
     whose context is full: a prompt of all but new_bytes of it. -> (bytes/s, the decoder's words)."""
@@ -252,19 +261,22 @@ def real_bytes(n: int, path: Path) -> Path:
 
 
 SCORE_BATCH_BEFORE, SCORE_BATCH = 4, 16  # windows per forward pass: score()'s default, and the fast path's
+SMALL_FILE = 16_384  # a small file to compress: its rows are few and short, so the per-call cost shows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results/speed.md")
-    parser.add_argument("--quick", action="store_true", help="small sizes, to check the script itself")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and no torch.compile (compiling alone takes minutes), to check the script itself")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default: %(default)s, as the app decodes)")
     parser.add_argument("--json", action="store_true", help="print the headline figures as one JSON object, last")
     args = parser.parse_args(argv)
     quick = args.quick
+    args.no_compile = args.no_compile or quick
     torch.set_num_threads(args.threads)
     machine = machine_description(torch.device("cpu"))
     flags = "".join(f" {flag}" for flag, on in (("--quick", quick), ("--no-compile", args.no_compile)) if on)
@@ -274,7 +286,13 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def save():  # after every section: a long run on a busy machine shows what it has so far
+    took, clock = {}, [time.perf_counter()]  # seconds per section: the whole run must stay under 15 minutes
+
+    def save(section: str = ""):  # after every section: a long run on a busy machine shows what it has so far
+        if section:
+            took[section] = time.perf_counter() - clock[0]
+            clock[0] = time.perf_counter()
+            print(f"({section}: {took[section]:.0f} s)", flush=True)
         out.write_text("\n".join(lines) + "\n")
 
     peaks = {name: matmul_ceiling(dtype, MATMUL_SIZES[:2] if quick else MATMUL_SIZES, 0.1 if quick else 0.5)
@@ -283,7 +301,7 @@ def main(argv=None):
               "| dtype | GFLOP/s |", "|---|---|"]
     lines += [f"| {k} | {v:,.1f} |" for k, v in peaks.items()]
     print(lines[-2:], flush=True)
-    save()
+    save("matmul ceiling")
 
     seq_len, batch = (256, 2) if quick else (2048, 8)
     lines += ["\n## Training (forward + backward + AdamW), random bytes\n",
@@ -299,13 +317,15 @@ def main(argv=None):
                     lines.append(f"| {config.kind} | {params / 1e6:.1f}M | bf16 | {compiled} | skipped: bf16 matmuls "
                                  f"run at {peaks['bf16']:.1f} GFLOP/s on this CPU | |")
                     continue
-                speed = training_speed(config, precision == "bf16", compiled, batch, seq_len, 1 if quick else 3)
+                # a flat step at this size takes ~10 s, long enough to time once
+                steps = 1 if quick or config is FLAT else 3
+                speed = training_speed(config, precision == "bf16", compiled, batch, seq_len, steps)
                 mfu = speed * flops_per_byte(config, seq_len) / (peaks[precision] * 1e9)
                 lines.append(f"| {config.kind} | {params / 1e6:.1f}M | {precision} | {compiled} | {speed:,.0f} | {mfu:.0%} |")
                 print(lines[-1], flush=True)
                 if config is MEGABYTE and speed > summary.get("train_bytes_per_s", 0):
                     summary.update(train_bytes_per_s=round(speed), train_precision=precision, train_compiled=compiled)
-    save()
+    save("training")
 
     new_bytes = 64 if quick else 512
     torch.manual_seed(0)
@@ -356,10 +376,10 @@ def main(argv=None):
     if not args.no_compile:
         lines.append(f"\nCompiled step against the ceiling: {summary['compiled_batch1'] / summary['ceiling_batch1']:.0%} "
                      f"at batch 1, {summary['compiled_batch8'] / summary['ceiling_batch8']:.0%} at batch 8.")
-    save()
+    save("generation")
 
-    sizes = (50_000, 100_000) if quick else (1_000_000, 2_000_000)
-    data = real_bytes(sizes[-1], Path("/tmp/megabyte_bench_bytes.bin"))
+    size = 50_000 if quick else 1_000_000  # scoring is linear in the length: one size tells it
+    data = real_bytes(size, Path("/tmp/megabyte_bench_bytes.bin"))
     fast_precision = "bf16" if bf16_faster() else "fp32"
     compiled = not args.no_compile
     fast = (f"`score(..., batch={SCORE_BATCH}, bf16=bf16_faster(), compiled=compile_scoring(model, dtype))`: "
@@ -369,31 +389,29 @@ def main(argv=None):
               f"Today's path, `score(model, data)`: fp32, {SCORE_BATCH_BEFORE} windows a pass (exact, as lossless "
               f"compression needs it). The fast path, as the explorer scores: {fast}.\n",
               "| path | bytes | seconds | compile seconds | peak memory (MB) | bytes/s |", "|---|---|---|---|---|---|"]
-    for n in sizes:  # the two paths side by side, 1 MB first
-        for label, batch_windows, precision, compile_it in (("before", SCORE_BATCH_BEFORE, "fp32", False),
-                                                            ("fast", SCORE_BATCH, fast_precision, compiled)):
-            cost = min((scoring_cost(MEGABYTE, data, n, batch_windows, precision, compile_it)
-                        for _ in range(1 if quick else 2)), key=lambda c: c["seconds"])
-            lines.append(f"| {label}, {precision}, {batch_windows} windows{', compiled' if compile_it else ''} | "
-                         f"{n:,} | {cost['seconds']:.1f} | {cost['compile_seconds']:.1f} | {cost['peak_mb']:.0f} | "
-                         f"{n / cost['seconds']:,.0f} |")
-            print(lines[-1], flush=True)
-            if n == sizes[0]:
-                summary["score_1mb_seconds" if label == "fast" else "score_1mb_seconds_before"] = round(cost["seconds"], 2)
+    costs = {}
+    for label, batch_windows, precision, compile_it in (("before", SCORE_BATCH_BEFORE, "fp32", False),
+                                                        ("fast", SCORE_BATCH, fast_precision, compiled)):
+        cost = costs[label] = scoring_cost(MEGABYTE, data, size, batch_windows, precision, compile_it)
+        lines.append(f"| {label}, {precision}, {batch_windows} windows{', compiled' if compile_it else ''} | "
+                     f"{size:,} | {cost['seconds']:.1f} | {cost['compile_seconds']:.1f} | {cost['peak_mb']:.0f} | "
+                     f"{size / cost['seconds']:,.0f} |")
+        print(lines[-1], flush=True)
+        summary["score_1mb_seconds" if label == "fast" else "score_1mb_seconds_before"] = round(cost["seconds"], 2)
     lines.append(f"\nThe fast path scores 1 MB {summary['score_1mb_seconds_before'] / summary['score_1mb_seconds']:.2f}× "
                  "as fast as today's.")
     summary["score_precision"] = fast_precision
-    save()
+    save("scoring")
 
     lines += ["\n## Long context (random weights of the long checkpoints' shapes: rotary positions)\n",
-              f"Scoring {sizes[0]:,} bytes on the fast path, the 2,048-byte context (16 windows a pass) beside "
+              f"Scoring {size:,} bytes on the fast path, the 2,048-byte context (16 windows a pass, the fast row above) beside "
               "65,536 bytes (`configs/text_long.toml`'s shape, one window a pass); then batch-1 decoding with the "
               "context full (`configs/melody_long.toml`'s shape, 131,072 bytes): the app's Decoder, compiled.\n",
               "| what | seconds | peak memory (MB) | bytes/s |", "|---|---|---|---|"]
-    for label, config, batch_windows in (("2,048-byte context", MEGABYTE, SCORE_BATCH), ("65,536-byte context", LONG_TEXT, 1)):
-        cost = scoring_cost(config, data, sizes[0], batch_windows, fast_precision, compiled)
+    for label, config, cost in (("2,048-byte context", MEGABYTE, costs["fast"]),
+                                ("65,536-byte context", LONG_TEXT, scoring_cost(LONG_TEXT, data, size, 1, fast_precision, compiled))):
         summary[f"score_{config.max_bytes}_seconds"] = round(cost["seconds"], 2)
-        lines.append(f"| scoring, {label} | {cost['seconds']:.1f} | {cost['peak_mb']:.0f} | {sizes[0] / cost['seconds']:,.0f} |")
+        lines.append(f"| scoring, {label} | {cost['seconds']:.1f} | {cost['peak_mb']:.0f} | {size / cost['seconds']:,.0f} |")
         print(lines[-1], flush=True)
     if not args.no_compile:
         speed, how = full_context_decoding_speed(LONG_MELODY, 512 if quick else 4096)
@@ -403,17 +421,31 @@ def main(argv=None):
     lines.append(f"\nScoring with the 65,536-byte context takes {ratio:.2f}× the 2,048-byte path's time (target ≤ 1.5×)."
                  + (f" Decoding with the context full: {summary['decode_full_context_batch1']:,} bytes/s at batch 1 "
                     "(real time for 8 kHz audio is 8,000)." if not args.no_compile else ""))
-    save()
+    save("long context")
 
-    coded = coding_speed(megabyte, data.read_bytes()[: sizes[0]])
+    small = data.read_bytes()[:SMALL_FILE]
+    exact_scoring_seconds(megabyte, small)  # warm-up
+    small_scored, small_coded = exact_scoring_seconds(megabyte, small), coding_speed(megabyte, small)
+    coded = coding_speed(megabyte, data.read_bytes())
+    summary.update(compress_bytes_per_s=round(size / coded["compress_seconds"]),
+                   decompress_bytes_per_s=round(size / coded["decompress_seconds"]),
+                   compress_16kb_vs_score=round(small_coded["compress_seconds"] / small_scored, 2),
+                   compress_1mb_vs_score=round(coded["compress_seconds"] / summary["score_1mb_seconds_before"], 2),
+                   decompress_vs_compress=round(coded["decompress_seconds"] / coded["compress_seconds"], 2))
     lines += ["\n## Lossless compression (`model.compress`: fp32, one thread, as `.mbz` files are made)\n",
-              "| | bytes | seconds | bytes/s | against scoring today | against the fast path |", "|---|---|---|---|---|---|"]
-    for key in ("compress", "decompress"):
-        seconds = coded[f"{key}_seconds"]
-        summary[f"{key}_bytes_per_s"] = round(sizes[0] / seconds)
-        lines.append(f"| {key} | {sizes[0]:,} | {seconds:.1f} | {sizes[0] / seconds:,.0f} | "
-                     f"{seconds / summary['score_1mb_seconds_before']:.2f}× | {seconds / summary['score_1mb_seconds']:.2f}× |")
+              "Compressing against the exact scoring of the same bytes (`score(model, data)`, fp32, "
+              f"{args.threads} torch thread(s): the {size:,} bytes of the scoring section, and {SMALL_FILE:,} of them "
+              "just before); decompressing against compressing.\n",
+              "| | bytes | seconds | bytes/s | against |", "|---|---|---|---|---|"]
+    for what, n, seconds, against in (
+            ("compress", SMALL_FILE, small_coded["compress_seconds"], f"{summary['compress_16kb_vs_score']:.2f}× scoring"),
+            ("compress", size, coded["compress_seconds"], f"{summary['compress_1mb_vs_score']:.2f}× scoring"),
+            ("decompress", size, coded["decompress_seconds"], f"{summary['decompress_vs_compress']:.2f}× compressing")):
+        lines.append(f"| {what} | {n:,} | {seconds:.1f} | {n / seconds:,.0f} | {against} |")
         print(lines[-1], flush=True)
+    save("compression")
+    lines.append(f"\nThe run took {sum(took.values()) / 60:.1f} minutes: " +
+                 ", ".join(f"{section} {seconds:.0f} s" for section, seconds in took.items()) + ".")
     save()
     print(f"wrote {out}")
     if args.json:

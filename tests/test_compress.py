@@ -181,10 +181,10 @@ MEMORY_BOUND = 4 << 20
 @contextmanager
 def bounded_work(model, max_length: int):
     """Fails, at once, what runs inside when it calls the model more than decoding max_length
-    bytes needs (a local pass a byte; Adaptation's SGD steps each time the window slides by
+    bytes needs (a local step a byte; Adaptation's SGD steps each time the window slides by
     half), and, after, when it took more than MEMORY_BOUND (tracemalloc). Yields the counts."""
-    work = {"local passes": 0, "SGD steps": 0}
-    most = {"local passes": max_length + model.patch_size,
+    work = {"local steps": 0, "SGD steps": 0}
+    most = {"local steps": max_length + model.patch_size,
             "SGD steps": mbz.Adaptation().steps * (max_length // (model.context // 2) + 1)}
 
     def counted(function, what, amount):
@@ -196,7 +196,7 @@ def bounded_work(model, max_length: int):
 
     tracemalloc.start()
     try:
-        with mock.patch.object(mbz, "patch_logits", counted(mbz.patch_logits, "local passes", lambda args: 1)), \
+        with mock.patch.object(mbz, "byte_logits", counted(mbz.byte_logits, "local steps", lambda args: 1)), \
                 mock.patch.object(mbz, "adapt_model", counted(mbz.adapt_model, "SGD steps", lambda args: args[-1].steps)):
             yield work
     finally:
@@ -295,7 +295,7 @@ def test_the_edited_copies_of_issue_21_are_refused_before_any_work(tiny_checkpoi
     with bounded_work(model, 0) as work, pytest.raises(service.UserError) as refused:
         service.decompress(edited(packed, **fields), tiny_checkpoints / "text")
     assert str(refused.value) == sentence
-    assert work == {"local passes": 0, "SGD steps": 0}
+    assert work == {"local steps": 0, "SGD steps": 0}
 
 
 def test_a_huge_or_deep_header_is_refused_before_it_is_parsed(text_model, blob):
@@ -392,8 +392,39 @@ def test_adapt_learns_audio_at_its_own_rate_and_decodes(tiny_checkpoints):
     assert service.decompress(blob, folder).data == data
 
 
-def test_rows_are_at_least_a_context_long():
-    """A long-context checkpoint reads as much of the past as it can: rows never cut it short."""
+def test_short_inputs_go_as_several_rows_and_long_ones_as_rows_a_context_long():
+    """One row codes a byte per model call, so 16 KB goes as 8 rows of 2 KiB whatever the
+    context (the bits that costs: bench/results/speed.md); beyond 8 rows, rows are at least a
+    context long, so a long-context checkpoint reads as much of the past as it can."""
+    assert mbz.segment_count(16_384, 2048) == mbz.segment_count(16_384, 131072) == 8
+    assert mbz.segment_count(4_095, 2048) == 1
     assert mbz.segment_count(1_000_000, 2048) == mbz.MAX_SEGMENTS
-    assert mbz.segment_count(1_000_000, 131072) == 7
-    assert mbz.segment_count(100_000, 131072) == 1
+    assert mbz.segment_count(1_000_000, 65536) == 15
+    assert mbz.segment_count(1_000_000, 131072) == 8  # 7 rows a context long would code fewer bytes a call
+    assert mbz.segment_count(10_000_000, 131072) == mbz.MAX_SEGMENTS
+
+
+def test_decompress_takes_one_cached_local_step_per_byte(text_model):
+    """The decoder keeps the local model's cache: one call per byte of a row, over that byte
+    alone, never the patch again; and compress makes the same calls."""
+    data = (ASSETS / "text/genesis.txt").read_bytes()[:1000]
+    blob = mbz.compress(text_model, data, SHA, {"modality": "text"})
+    rows, _ = mbz.split_rows(data, mbz.read_header(blob)["segments"], text_model.patch_size)
+    shapes = []
+    forward = text_model.local_model.forward
+
+    def recorded(x, cache=None, positions=None, fused=False):
+        shapes.append((x.shape[1], cache is not None))
+        return forward(x, cache, positions, fused)
+
+    with mock.patch.object(text_model.local_model, "forward", recorded):
+        assert mbz.decompress(text_model, blob, SHA)[0] == data
+        decoded = list(shapes)
+        shapes.clear()
+        assert mbz.compress(text_model, data, SHA, {"modality": "text"}) == blob
+    assert decoded == shapes == [(1, True)] * rows.shape[1]
+
+
+def test_a_file_of_the_old_format_is_refused(text_model, blob):
+    old = blob[:4] + bytes([1]) + blob[5:]
+    assert refusal(text_model, old) == f"This .mbz file has format version 1; this program reads version {mbz.FORMAT_VERSION}."
