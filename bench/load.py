@@ -313,6 +313,9 @@ def send(client: Client, request: Request) -> Outcome:
         return Outcome(request, time.perf_counter() - start)
     except AppError as e:
         return Outcome(request, time.perf_counter() - start, app_error=str(e))
+    except TimeoutError:
+        job.cancel()
+        return Outcome(request, time.perf_counter() - start, failure=f"no answer in {REQUEST_TIMEOUT_SECONDS} s")
     except Exception as e:  # noqa: BLE001 -- whatever else the client raises is what this test looks for
         job.cancel()
         return Outcome(request, time.perf_counter() - start, failure=f"{type(e).__name__}: {e}".strip())
@@ -334,7 +337,10 @@ def run_client(number: int, client: Client, good: list[Request], bad: list[Reque
 
 
 def new_client(url: str, downloads: Path | None = None) -> Client:
-    return Client(url, verbose=False, analytics_enabled=False, download_files=str(downloads) if downloads else False)
+    """A client that waits as long for the server's page as for an answer (httpx's 5 s is too short
+    for a server busy compiling), and downloads nothing unless told where."""
+    return Client(url, verbose=False, analytics_enabled=False, httpx_kwargs={"timeout": REQUEST_TIMEOUT_SECONDS},
+                  download_files=str(downloads) if downloads else False)
 
 
 # The report
@@ -396,10 +402,9 @@ def input_table(result: Result) -> str:
 
 
 def alone_table(result: Result) -> str:
-    rows = [[o.request.what, f"`{o.request.endpoint}`", o.verdict(result.refusals), f"{o.seconds:.2f}",
-             (o.failure or o.app_error or "").replace("|", "\\|")]
-            for o in result.alone if o.request.bad]
-    return markdown_table(["bad input", "endpoint", "verdict", "seconds", "the answer"], rows)
+    rows = [["bad" if o.request.bad else "good", o.request.what, f"`{o.request.endpoint}`", o.verdict(result.refusals),
+             f"{o.seconds:.2f}", (o.failure or o.app_error or "").replace("|", "\\|")] for o in result.alone]
+    return markdown_table(["input", "what", "endpoint", "verdict", "seconds", "the error"], rows)
 
 
 def summary_table(result: Result) -> str:
@@ -449,9 +454,9 @@ def report(result: Result, machine: str, served: str) -> str:
         "",
         summary_table(result),
         "",
-        "## Each bad input alone",
+        "## Each request alone",
         "",
-        "Before the load, on the warm and otherwise idle server, one request after another.",
+        "Before the load, one request after another; the first of each kind loads its checkpoint.",
         "",
         alone_table(result),
         "",
@@ -473,16 +478,10 @@ def report(result: Result, machine: str, served: str) -> str:
 # The run
 
 
-def one_at_a_time(url: str, good: list[Request], bad: list[Request]) -> list[Outcome]:
-    """Every request once, one after another: the good ones load every checkpoint the load uses
-    (any error there ends the test), and each bad one is timed alone."""
+def one_at_a_time(url: str, requests: list[Request]) -> list[Outcome]:
+    """Every request once, one after another: each timed alone, and every checkpoint the load uses loaded."""
     client = new_client(url)
-    outcomes = [send(client, request) for request in good]
-    for outcome in outcomes:
-        if outcome.failure or outcome.app_error:
-            raise LoadError(f"The warm-up request {outcome.request.endpoint} ({outcome.request.what}) failed: "
-                            f"{outcome.failure or outcome.app_error}")
-    return outcomes + [send(client, request) for request in bad]
+    return [send(client, request) for request in requests]
 
 
 def real_mbz(url: str, downloads: Path) -> bytes:
@@ -503,10 +502,10 @@ def soak(checkpoints: Path | None, clients: int, seconds: float, eager: bool, wo
             compiled = "had compiled its decoding and scoring when the load began"
         else:
             compiled = f"was still compiling when the load began (it had not finished in {COMPILE_TIMEOUT_SECONDS} s)"
-        print(f"Serving on {url}; it {compiled}. Warming up.", file=sys.stderr)
+        print(f"Serving on {url}; it {compiled}. Each request alone first.", file=sys.stderr)
         (work / "files").mkdir()
         good, bad = requests(work / "files", real_mbz(url, work / "downloads"))
-        alone = one_at_a_time(url, good, bad)
+        alone = one_at_a_time(url, good + bad)
         idle_mb = tree_rss_mb(server.pid)
         before = request_files(temp)
         memory = PeakMemory(server.pid)
@@ -527,12 +526,14 @@ def soak(checkpoints: Path | None, clients: int, seconds: float, eager: bool, wo
         stray_files = [str(path.relative_to(temp)) for path in now if cache not in path.parents]
     finally:
         stop_server(server)
-    text = log.read_text(errors="replace")
-    return Result(clients, seconds, alone, outcomes, {m.group(1) for m in map(REFUSED.search, text.splitlines()) if m},
-                  compiled, idle_mb, peak_mb, served_files, stray_files,
-                  [str(path.relative_to(temp)) for path in request_files(temp)],
-                  len(files_under(temp)) - len(request_files(temp)),
-                  None if plain.failure or plain.app_error else plain.seconds, text.count("Traceback (most recent call last)"))
+    text, left = log.read_text(errors="replace"), request_files(temp)
+    return Result(
+        clients=clients, seconds=seconds, alone=alone, outcomes=outcomes,
+        refusals={m.group(1) for m in map(REFUSED.search, text.splitlines()) if m}, compiled=compiled,
+        idle_mb=idle_mb, peak_mb=peak_mb, served_files=served_files, stray_files=stray_files,
+        left_files=sorted(str(path.relative_to(temp)) for path in left), torch_files=len(files_under(temp) - left),
+        plain_seconds=None if plain.failure or plain.app_error else plain.seconds,
+        tracebacks=text.count("Traceback (most recent call last)"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ from bench import load
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # its own server, 34 requests alone, 30 s of load: 6.5 min on 2 cores shared with training
 def test_under_load_every_error_is_ours_no_file_is_left_and_the_app_still_answers(served_checkpoints, tmp_path):
     out = tmp_path / "load.md"
     result = load.main(["--checkpoints", str(served_checkpoints), "--quick", "--eager", "--out", str(out)])
