@@ -2,8 +2,8 @@
 
 Starts `python -m app` on a free port of 127.0.0.1, with a temp dir of its own, and waits until
 its decoding and scoring are compiled (unless --eager). Sends every request below once, one at a
-time: the good ones load the checkpoints, and each bad one is timed alone; then measures the
-server's memory: its idle size. Then --clients clients (gradio_client, one thread each) send
+time: each is timed alone, and the good ones load the checkpoints; then measures the server's
+memory: its idle size. Then --clients clients (gradio_client, one thread each) send
 requests for --seconds seconds, each waiting for its answer before the next, to every endpoint:
 /explore, /compress, /complete_image and /continue_audio, on short inputs (a few hundred bytes
 to make or code). One request in five is a bad input: the four crafted .mbz files of issue 21
@@ -575,7 +575,7 @@ def main(argv=None) -> Result:
                f"Python {platform.python_version()}, torch {torch.__version__}.")
     served = args.checkpoints or ROOT / "checkpoints"
     names = ", ".join(sorted(folder.name for folder in served.iterdir() if (folder / "config.json").is_file()))
-    write_atomically(args.out, report(result, machine, f"`{served}` ({names})"))
+    write_atomically(args.out, report(result, machine, f"`{args.checkpoints or 'checkpoints'}` ({names})"))
     print(machine, summary_table(result), endpoint_table(result), sep="\n\n")
     if result.unexplained or result.tracebacks:
         print(f"The server's log and the inputs stay in {work} for a look.", file=sys.stderr)
