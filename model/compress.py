@@ -315,8 +315,20 @@ def compress(model, data: bytes, checkpoint_sha256: str, layout: dict, checkpoin
         "segments": segments, "threads": THREADS, "torch": torch.__version__, "isa": isa(device),
         "adapt": asdict(adapt) if adapt else None,
     }
+    return pack(header, payload)
+
+
+def pack(header: dict, payload: bytes) -> bytes:
+    """A .mbz file: the magic bytes, the format version, the header's size, the header as JSON, the payload."""
     encoded = json.dumps(header, separators=(",", ":")).encode()
     return MAGIC + bytes([FORMAT_VERSION]) + len(encoded).to_bytes(4, "little") + encoded + payload
+
+
+def edited(blob: bytes, **fields) -> bytes:
+    """The .mbz `blob` with these header fields changed and its payload kept, as an attacker would
+    write it: the tests and bench.load send such files."""
+    header = read_header(blob)
+    return pack({**header, **fields}, blob[len(blob) - header["payload_bytes"] :])
 
 
 def well_typed(header: dict) -> bool:

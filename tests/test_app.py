@@ -7,7 +7,6 @@ their shapes, sizes and the bytes the user kept are exactly what a trained model
 import base64
 import html
 import io
-import json
 import os
 import re
 import subprocess
@@ -374,8 +373,7 @@ def mbz_header(**fields) -> bytes:
     header = {"checkpoint_sha256": "0" * 64, "checkpoint": "elsewhere", "layout": {"modality": "text"}, "length": 10,
               "crc32": 0, "payload_bytes": 0, "segments": 1, "threads": 1, "torch": "", "isa": "", "adapt": None,
               **fields}
-    encoded = json.dumps(header).encode()
-    return mbz.MAGIC + bytes([mbz.FORMAT_VERSION]) + len(encoded).to_bytes(4, "little") + encoded
+    return mbz.pack(header, b"")
 
 
 def test_a_bad_mbz_gets_one_sentence(client, tmp_path, tiny_checkpoints):

@@ -2,7 +2,6 @@
 in one sentence. On conftest's tiny random checkpoints (P=4, a 512-byte context for text)."""
 
 import io
-import json
 import os
 import subprocess
 import sys
@@ -157,17 +156,11 @@ def test_a_truncated_file_is_refused(text_model, blob):
 
 def with_header(blob: bytes, header) -> bytes:
     """The .mbz with this header (as an attacker would write it), its payload kept."""
-    payload = blob[len(blob) - mbz.read_header(blob)["payload_bytes"] :]
-    encoded = json.dumps(header).encode()
-    return mbz.MAGIC + bytes([mbz.FORMAT_VERSION]) + len(encoded).to_bytes(4, "little") + encoded + payload
-
-
-def edited(blob: bytes, **fields) -> bytes:
-    return with_header(blob, {**mbz.read_header(blob), **fields})
+    return mbz.pack(header, blob[len(blob) - mbz.read_header(blob)["payload_bytes"] :])
 
 
 def test_another_torch_version_is_refused(text_model, blob):
-    assert "torch 1.0.0" in refusal(text_model, edited(blob, torch="1.0.0"))
+    assert "torch 1.0.0" in refusal(text_model, mbz.edited(blob, torch="1.0.0"))
 
 
 # Every claim of a header is checked before any work that grows with it. (Issue 21: four edited
@@ -246,13 +239,13 @@ def header_edits(values: dict) -> st.SearchStrategy:
 @settings(max_examples=50, deadline=None)
 @given(edits=header_edits(NEAR))
 def test_a_header_edited_to_values_near_the_real_ones_is_refused_or_decodes_exactly(text_model, blob, edits):
-    assert decoded_or_refused(text_model, edited(blob, **edits)) in (None, GENESIS)
+    assert decoded_or_refused(text_model, mbz.edited(blob, **edits)) in (None, GENESIS)
 
 
 @settings(max_examples=40, deadline=None)
 @given(edits=header_edits(dict.fromkeys(mbz.HEADER_KEYS, JSON)), dropped=st.sampled_from(sorted(mbz.HEADER_KEYS)))
 def test_a_header_edited_to_any_json_is_refused_or_decodes_exactly(text_model, blob, edits, dropped):
-    assert decoded_or_refused(text_model, edited(blob, **edits)) in (None, GENESIS)
+    assert decoded_or_refused(text_model, mbz.edited(blob, **edits)) in (None, GENESIS)
     header = mbz.read_header(blob)
     del header[dropped]
     assert decoded_or_refused(text_model, with_header(blob, header)) is None
@@ -293,13 +286,13 @@ def packed(tiny_checkpoints):
 def test_the_edited_copies_of_issue_21_are_refused_before_any_work(tiny_checkpoints, packed, fields, sentence):
     model, _ = service.load(tiny_checkpoints / "text")
     with bounded_work(model, 0) as work, pytest.raises(service.UserError) as refused:
-        service.decompress(edited(packed, **fields), tiny_checkpoints / "text")
+        service.decompress(mbz.edited(packed, **fields), tiny_checkpoints / "text")
     assert str(refused.value) == sentence
     assert work == {"local steps": 0, "SGD steps": 0}
 
 
 def test_a_huge_or_deep_header_is_refused_before_it_is_parsed(text_model, blob):
-    huge = edited(blob, checkpoint="x" * 5_000_000)
+    huge = mbz.edited(blob, checkpoint="x" * 5_000_000)
     assert refusal(text_model, huge).startswith("The .mbz header is corrupt: it claims 5,000,")
     deep = b"[" * mbz.MAX_HEADER_BYTES
     nested = mbz.MAGIC + bytes([mbz.FORMAT_VERSION]) + len(deep).to_bytes(4, "little") + deep
@@ -308,11 +301,11 @@ def test_a_huge_or_deep_header_is_refused_before_it_is_parsed(text_model, blob):
 
 def test_a_payload_that_cannot_code_its_length_is_refused(text_model, blob):
     empty = mbz.compress(text_model, b"", SHA, {"modality": "text"})  # its payload: the coder's 8-byte flush
-    ten_mb = edited(empty, length=10_000_000, segments=mbz.segment_count(10_000_000, text_model.context))
+    ten_mb = mbz.edited(empty, length=10_000_000, segments=mbz.segment_count(10_000_000, text_model.context))
     with bounded_work(text_model, 0):
         assert refusal(text_model, ten_mb) == "The .mbz file is corrupt: a payload of 8 bytes cannot code 10,000,000 bytes."
     payload_bytes = mbz.read_header(blob)["payload_bytes"]
-    assert refusal(text_model, edited(blob, length=20)) == (
+    assert refusal(text_model, mbz.edited(blob, length=20)) == (
         f"The .mbz file is corrupt: a payload of {payload_bytes:,} bytes cannot code 20 bytes.")
 
 
@@ -371,7 +364,7 @@ def test_cli_decompresses_up_to_max_bytes_and_says_how_to_raise_it(tiny_checkpoi
     packed = tmp_path / "genesis.txt.mbz"
     packed.write_bytes(service.compress_bytes(GENESIS, "text", tiny_checkpoints / "text"))
     crafted = tmp_path / "crafted.mbz"
-    crafted.write_bytes(edited(packed.read_bytes(), length=600_000_000))
+    crafted.write_bytes(mbz.edited(packed.read_bytes(), length=600_000_000))
     for file, cap, limit in ((packed, ["--max-bytes", "599"], 599), (crafted, [], mbz.MAX_LENGTH)):
         with pytest.raises(SystemExit):
             cli.main(["decompress", str(file), "--checkpoint", str(tiny_checkpoints / "text"), *cap])
