@@ -37,7 +37,7 @@ from adapters import AdapterError, Layout
 from app import limits, service, views
 from app.cli import default_decompressed_path
 from app.limits import DETAIL_BYTES, MAX_SCORE_BYTES, MAX_UPLOAD_MB, SHORT_CONTEXT_AUDIO_SECONDS
-from app.service import UserError
+from app.service import AUTO, UserError
 import model.compress as mbz
 from model import CheckpointError, read_config
 
@@ -52,7 +52,6 @@ MAX_QUEUE = 20
 SHOWN_IMAGE_SIDE = 256  # model-resolution images are enlarged to about this many pixels
 DEFAULT_IMAGE_SIZE = 32  # the rows slider's scale when no image checkpoint is there yet
 EXPLORER_KINDS = ("auto", "text", "image", "audio", "bytes")
-AUTO_CHECKPOINT = "auto"
 PROGRESS_EVERY_SECONDS = 0.25
 TAIL_SECONDS = 1.0  # the continuation is measured against this much of the prompt's end
 # The files Gradio serves (downloads, plots, audio, uploads) stay in its cache this long at most:
@@ -159,10 +158,13 @@ def detect_kind(name: str, data: bytes) -> str:
         return "bytes"
 
 
-def example_files(checkpoint: str, modality: str) -> list[str]:
+def example_files(checkpoints: list[str], modality: str) -> list[str]:
+    """The demo files of these checkpoints, each file once."""
     general, pattern = EXAMPLES[modality]
-    own = sorted((ASSETS / checkpoint).glob(pattern))
-    return [str(path) for path in own or sorted((ASSETS / general).glob(pattern))]
+    files = []
+    for name in checkpoints:
+        files += sorted((ASSETS / name).glob(pattern)) or sorted((ASSETS / general).glob(pattern))
+    return list(dict.fromkeys(map(str, files)))
 
 
 def picture_html(img: Image.Image) -> str:
@@ -337,19 +339,25 @@ class Studio:
 
     def __init__(self, checkpoints):
         self.checkpoints = Path(checkpoints)
-        self.bytes_per_second: dict[Path, float] = {}  # each checkpoint's last generation, for estimates
+        # each checkpoint's last generation, and auto's (whichever it chose), for estimates
+        self.bytes_per_second: dict[str, float] = {}
 
     def choices(self, modality: str) -> list[tuple[str, str]]:
         """(the card's one-line description, folder name) of each checkpoint for the modality."""
         return [(adapters.checkpoints.description(folder), folder.name)
                 for folder in adapters.checkpoints.catalog(self.checkpoints, modality)]
 
-    def default(self, modality: str) -> str:
-        return service.default_checkpoint(modality, self.checkpoints).name
+    def names(self, modality: str) -> list[str]:
+        return [folder.name for folder in adapters.checkpoints.catalog(self.checkpoints, modality)]
+
+    def examples(self, modality: str, name: str) -> list[list[str]]:
+        """The demo files of the chosen checkpoint, as a gr.Dataset's samples; with auto, those of
+        every checkpoint of the medium."""
+        return [[path] for path in example_files(self.names(modality) if name == AUTO else [name], modality)]
 
     def folder(self, modality: str, name: str | None) -> Path:
         """The checkpoint called `name` that reads the modality; the default one when no name is given."""
-        if not name or name == AUTO_CHECKPOINT:
+        if not name or name == AUTO:
             return service.default_checkpoint(modality, self.checkpoints)
         found = adapters.checkpoints.catalog(self.checkpoints, modality)
         for folder in found:
@@ -367,6 +375,11 @@ class Studio:
             return 0.0  # the view names the problem when the checkpoint is used
 
     def prompt_range(self, name: str | None) -> limits.Range:
+        """The prompt seconds a checkpoint takes; with auto, what the longest context takes (auto
+        then chooses among the checkpoints that take the prompt)."""
+        if name == AUTO:
+            return max((self.prompt_range(other) for other in self.names("audio")), key=lambda r: r.high,
+                       default=limits.prompt_seconds(0))
         return limits.prompt_seconds(self.context_seconds(name))
 
     def layout(self, modality: str, name: str | None) -> Layout | None:
@@ -383,14 +396,18 @@ class Studio:
         yield model, layout, folder  # no lock: each generation keeps its own decoding state
 
     def rows_range(self, name: str | None) -> limits.Range:
+        """The top rows a checkpoint keeps; with auto, the most any checkpoint keeps (auto then
+        chooses among the checkpoints that keep that many)."""
+        if name == AUTO:
+            return max((self.rows_range(other) for other in self.names("image")), key=lambda r: r.high,
+                       default=limits.rows(DEFAULT_IMAGE_SIZE))
         layout = self.layout("image", name)
         return limits.rows(layout.image_size, layout.block_side) if layout else limits.rows(DEFAULT_IMAGE_SIZE)
 
     def image_choice(self, name: str):
         """What changes with the image checkpoint: the rows slider's range and the examples."""
         rows = self.rows_range(name)
-        return (gr.Slider(rows.low, rows.high, value=(rows.high + 1) // 2),
-                gr.Dataset(samples=[[path] for path in example_files(name, "image")]))
+        return gr.Slider(rows.low, rows.high, value=(rows.high + 1) // 2), gr.Dataset(samples=self.examples("image", name))
 
     def audio_choice(self, name: str, new_seconds, prompt_seconds):
         """What changes with the audio checkpoint: the prompt's range (up to what its context holds),
@@ -398,7 +415,7 @@ class Studio:
         prompt = self.prompt_range(name)
         return (gr.Slider(maximum=prompt.high, value=min(float(prompt_seconds), prompt.high),
                           label=prompt_label(prompt.high)),
-                gr.Dataset(samples=[[path] for path in example_files(name, "audio")]), self.estimate(new_seconds, name))
+                gr.Dataset(samples=self.examples("audio", name)), self.estimate(new_seconds, name))
 
     def check_image_upload(self, upload: dict | None, name: str):
         """Clears an upload that is no image the adapter can read, and says why, instead of
@@ -418,35 +435,55 @@ class Studio:
         """How long a continuation will take, from its length and the checkpoint's last measured speed."""
         try:
             seconds = limits.CONTINUE_SECONDS.check(new_seconds)
-            folder = self.folder("audio", name)
+            self.folder("audio", name)
         except UserError as e:
             return str(e)
         layout = self.layout("audio", name)
         if layout is None:
             return ""
         wanted = adapters.audio.seconds_to_bytes(seconds, layout)
-        speed = self.bytes_per_second.get(folder)
+        speed = self.bytes_per_second.get(name or AUTO)
         if speed is None:
             return f"{seconds:g} s is {wanted:,} bytes; the first continuation measures how fast they come."
         return f"{seconds:g} s is {wanted:,} bytes: about {wanted / speed:.0f} s at the last measured {speed:,.0f} bytes/s."
 
-    def complete_image(self, image, rows, samples, temperature, top_k, seed, checkpoint=None):
+    def generating(self, source, modality: str, checkpoint: str, takes, done: str,
+                   max_audio_seconds: float | None = None) -> Reading:
+        """The input as the checkpoint that generates from it reads it: the one named, or with auto
+        the least surprised of those that `takes` (by name), its note naming it and the others' bits."""
+        if checkpoint != AUTO:
+            with self.model(modality, checkpoint) as (model, layout, folder):
+                data = service.encode_file(source, layout, max_audio_seconds)
+            return Reading(model, layout, folder, modality, data, f"{done.capitalize()} with {folder.name}.")
+        folders = [folder for folder in adapters.checkpoints.catalog(self.checkpoints, modality) if takes(folder.name)]
+        choice = service.choose_checkpoint(source, modality, folders, max_audio_seconds)
+        model, layout = service.load_for(modality, choice.folder)
+        unit = {"image": "subpixel", "audio": "sample"}[modality]
+        return Reading(model, layout, choice.folder, modality, choice.data, f"Auto: {choice.summary(unit, done)}.")
+
+    def image_side(self) -> int:
+        """The largest side of the image checkpoints' layouts: an upload is decoded once, for all of them."""
+        layouts = [self.layout("image", name) for name in self.names("image")]
+        return max((layout.image_size for layout in layouts if layout), default=DEFAULT_IMAGE_SIZE)
+
+    def complete_image(self, image, rows, samples, temperature, top_k, seed, checkpoint=AUTO):
         """Streams (original, completions, heat map, summary); the completions grow a row at a time."""
         with shown_in_page("/complete_image"):
+            checkpoint = checkpoint or AUTO
             samples = limits.SAMPLES.check(samples)
             how, seed = sampling_settings(temperature, top_k, seed, "image")
             rows = self.rows_range(checkpoint).check(rows)
-            path = required(image, "an image")
-            with self.model("image", checkpoint) as (model, layout, _):
-                yield from self.stream_completion(model, layout, path, rows, samples, how, seed)
+            picture = service.open_image(required(image, "an image"), self.image_side())
+            read = self.generating(picture, "image", checkpoint, lambda name: rows in self.rows_range(name), "completed")
+            yield from self.stream_completion(read, rows, samples, how, seed)
 
-    def stream_completion(self, model, layout, path, rows, samples, how, seed):
-        data = service.encode_file(path, layout)
+    def stream_completion(self, read: Reading, rows, samples, how, seed):
+        model, layout, data = read.model, read.layout, read.encoded
         original = adapters.image.decode(data, layout)
         scored = service.score_bytes(model, data)
         heat = views.heat_map(adapters.image.surprisal_map(scored.scores.surprisal, layout),
                               title="Where the model was surprised by the original")
-        bits = f"Bits per subpixel of the original: {comparison(compression_rows(scored, original))}."
+        bits = f"{read.note}\n\nBits per subpixel of the original: {comparison(compression_rows(scored, original))}."
         prompt = data[: adapters.image.prefix_bytes(rows, layout)]
         row_bytes = adapters.image.prefix_bytes(1, layout)  # one row, or one row of blocks
         wanted = layout.bytes_per_image - len(prompt)
@@ -473,27 +510,29 @@ class Studio:
                 yield update(made, complete=False)
         yield update(made, complete=True)
 
-    def continue_audio(self, audio, prompt_seconds, new_seconds, temperature, top_k, seed, checkpoint=None,
+    def continue_audio(self, audio, prompt_seconds, new_seconds, temperature, top_k, seed, checkpoint=AUTO,
                        progress=gr.Progress()):
         """Yields the prompt's analysis at once, the speed while it generates, then prompt +
         continuation and how the continuation compares with the prompt's end."""
         with shown_in_page("/continue_audio"):
+            checkpoint = checkpoint or AUTO
             prompt_seconds = self.prompt_range(checkpoint).check(prompt_seconds)
             new_seconds = limits.CONTINUE_SECONDS.check(new_seconds)
             how, seed = sampling_settings(temperature, top_k, seed, "audio")
             path = required(audio, "a clip")
-            with self.model("audio", checkpoint) as (model, layout, folder):
-                yield from self.stream_continuation(model, layout, folder, path, prompt_seconds, new_seconds,
-                                                    how, seed, progress)
+            read = self.generating(path, "audio", checkpoint, lambda name: prompt_seconds in self.prompt_range(name),
+                                   "continued", max_audio_seconds=prompt_seconds)
+            yield from self.stream_continuation(read, checkpoint, new_seconds, how, seed, progress)
 
-    def stream_continuation(self, model, layout, folder, path, prompt_seconds, new_seconds, how, seed, progress):
+    def stream_continuation(self, read: Reading, checkpoint: str, new_seconds, how, seed, progress):
+        model, layout, prompt = read.model, read.layout, read.encoded
         rate = layout.sample_rate
-        prompt = service.encode_file(path, layout, prompt_seconds)
         scored = service.score_bytes(model, prompt, progress=fraction(progress, "Scoring"))
         curve = views.surprisal_curve(scored.scores.surprisal, rate, title="The prompt's surprisal over time")
         prompt_pcm = adapters.audio.decode(prompt, layout)
-        about = f"Prompt: {len(prompt) / rate:.2f} s; bits per sample: {comparison(compression_rows(scored))}."
-        estimate = self.estimate(new_seconds, folder.name)
+        about = (f"{read.note}\n\nPrompt: {len(prompt) / rate:.2f} s; bits per sample: "
+                 f"{comparison(compression_rows(scored))}.")
+        estimate = self.estimate(new_seconds, checkpoint)
         yield (rate, prompt_pcm), views.waveform(prompt_pcm, rate), "", curve, f"{about}\n\n{estimate}"
         wanted = adapters.audio.seconds_to_bytes(new_seconds, layout)
         parts, made, start, last, how_run = [], 0, time.perf_counter(), 0.0, service.GenerationStatus()
@@ -508,7 +547,7 @@ class Studio:
                 progress(made / wanted, desc=f"Generating at {speed:,.0f} bytes/s")
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"{about}\n\n{status}"
         took = time.perf_counter() - start
-        self.bytes_per_second[folder] = wanted / took
+        self.bytes_per_second[read.folder.name] = self.bytes_per_second[AUTO] = wanted / took
         continuation = np.concatenate(parts, axis=1)[0].tobytes()
         pcm = adapters.audio.decode(prompt + continuation, layout)
         tail = prompt_pcm[-round(TAIL_SECONDS * rate) :]
@@ -567,11 +606,11 @@ class Studio:
                 f"Download {saved} below.")
         return Reading(model, layout, folder, kind, unpacked.data, note, download(unpacked.content, saved))
 
-    def explore(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
+    def explore(self, text, file, kind, checkpoint=AUTO, progress=gr.Progress()):
         """explore_now, as a request that Stop can end."""
         yield from stoppable(partial(self.explore_now, text, file, kind, checkpoint), progress)
 
-    def explore_now(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
+    def explore_now(self, text, file, kind, checkpoint=AUTO, progress=gr.Progress()):
         """(summary, what the model read, surprisal chart, charts by position in the patch and in the
         context, compression table, download, what to keep for picking windows) for typed text or
         any file; a .mbz is decompressed, offered as a download and scored. Text and raw bytes are
@@ -624,11 +663,11 @@ class Studio:
         start = max(0, views.byte_at(click.index[0], len(explored.scored.data)) - DETAIL_BYTES // 2)
         return start, explored.window(start)
 
-    def compress(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
+    def compress(self, text, file, kind, checkpoint=AUTO, progress=gr.Progress()):
         """compress_now, as a request that Stop can end."""
         yield from stoppable(partial(self.compress_now, text, file, kind, checkpoint), progress)
 
-    def compress_now(self, text, file, kind, checkpoint=AUTO_CHECKPOINT, progress=gr.Progress()):
+    def compress_now(self, text, file, kind, checkpoint=AUTO, progress=gr.Progress()):
         """(how many bytes the model's .mbz of the input takes, beside xz; the .mbz to download), for
         the same bytes explore scores. Several times slower than scoring, so asked for on its own."""
         with shown_in_page("/compress"):
@@ -664,13 +703,13 @@ def sampling_controls():
 
 
 def checkpoint_choice(studio: Studio, modality: str, elem_id: str) -> gr.Dropdown:
-    return checked_by_handler(gr.Dropdown(studio.choices(modality), value=studio.default(modality),
-                                          label="Checkpoint", elem_id=elem_id))
+    choices = [("auto: the checkpoint least surprised by the input", AUTO), *studio.choices(modality)]
+    return checked_by_handler(gr.Dropdown(choices, value=AUTO, label="Checkpoint", elem_id=elem_id))
 
 
-def examples_of(component, files: list[str]) -> gr.Dataset:
+def examples_of(component, samples: list[list[str]]) -> gr.Dataset:
     """Example files that fill `component` when clicked; the checkpoint's choice swaps them."""
-    examples = gr.Dataset(components=[component], samples=[[path] for path in files], label="Examples")
+    examples = gr.Dataset(components=[component], samples=samples, label="Examples")
     examples.click(lambda sample: sample[0], examples, component, api_visibility="private")
     return examples
 
@@ -705,14 +744,13 @@ def run_buttons(label: str):
 
 
 def image_tab(studio: Studio):
-    name = studio.default("image")
-    rows_range = studio.rows_range(name)
+    rows_range = studio.rows_range(AUTO)
     with gr.Row():
         with gr.Column():
             checkpoint = checkpoint_choice(studio, "image", "image-checkpoint")
             image = image_path_input(label=f"Image (cropped square, at most {MAX_UPLOAD_MB} MB)",
                                      sources=["upload", "clipboard"], height=260, elem_id="image-input")
-            examples = examples_of(image, example_files(name, "image"))
+            examples = examples_of(image, studio.examples("image", AUTO))
             rows = checked_by_handler(gr.Slider(rows_range.low, rows_range.high, value=(rows_range.high + 1) // 2,
                                                 step=1, precision=0, label="Top rows to keep"))
             samples = checked_by_handler(gr.Slider(1, limits.MAX_SAMPLES, value=4, step=1, precision=0,
@@ -739,21 +777,20 @@ def prompt_label(high: float) -> str:
 
 
 def audio_tab(studio: Studio):
-    name = studio.default("audio")
     with gr.Row():
         with gr.Column():
             checkpoint = checkpoint_choice(studio, "audio", "audio-checkpoint")
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath",
                              label=f"Clip (wav, flac, ogg, …; at most {MAX_UPLOAD_MB} MB)", elem_id="audio-input")
-            examples = examples_of(audio, example_files(name, "audio"))
-            prompt_range = studio.prompt_range(name)
+            examples = examples_of(audio, studio.examples("audio", AUTO))
+            prompt_range = studio.prompt_range(AUTO)
             prompt_seconds = checked_by_handler(gr.Slider(
                 prompt_range.low, prompt_range.high, value=2, step=0.25, elem_id="prompt-seconds",
                 label=prompt_label(prompt_range.high)))
             new_seconds = checked_by_handler(gr.Slider(
                 limits.CONTINUE_SECONDS.low, limits.MAX_CONTINUE_SECONDS, value=1, step=0.25, elem_id="new-seconds",
                 label=f"Seconds to continue (at most {limits.MAX_CONTINUE_SECONDS:g})"))
-            estimate = gr.Markdown(studio.estimate(1, name), label="How long it will take", elem_id="audio-estimate")
+            estimate = gr.Markdown(studio.estimate(1, AUTO), label="How long it will take", elem_id="audio-estimate")
             temperature, top_k, seed = sampling_controls()
             go, stop = run_buttons("Continue")
         with gr.Column():
@@ -784,7 +821,7 @@ BYTE_COUNT = f"""(text) => {{
 
 
 def explorer_tab(studio: Studio):
-    checkpoints = [("auto: the default for what the input is read as", AUTO_CHECKPOINT)]
+    checkpoints = [("auto: the default for what the input is read as", AUTO)]
     for modality in ("text", "image", "audio"):
         checkpoints += studio.choices(modality)
     with gr.Row():
@@ -800,15 +837,15 @@ def explorer_tab(studio: Studio):
                 list(EXPLORER_KINDS), value="auto", label="Read it as",
                 info="auto: a .mbz is decompressed; images and audio by their extension or format, "
                      "else UTF-8 text, else raw bytes"))
-            checkpoint = checked_by_handler(gr.Dropdown(checkpoints, value=AUTO_CHECKPOINT, label="Checkpoint",
+            checkpoint = checked_by_handler(gr.Dropdown(checkpoints, value=AUTO, label="Checkpoint",
                                                         elem_id="explore-checkpoint"))
             go, stop = run_buttons("Score")
             # Short labels: a table of the inputs' long labels would be clipped.
             samples = {"Python code": ["def greet(name):\n    return f'Hello, {name}!'\n", None],
-                       **{Path(path).name: [None, path] for path in example_files("text", "text")},
+                       **{Path(path).name: [None, path] for path in example_files(["text"], "text")},
                        "a photo (chelsea.png)": [None, str(ASSETS / "images" / "chelsea.png")],
                        "a guitar chord (guit_em9.flac)": [None, str(ASSETS / "audio" / "guit_em9.flac")]}
-            gr.Examples([[text_, file_, "auto", AUTO_CHECKPOINT] for text_, file_ in samples.values()],
+            gr.Examples([[text_, file_, "auto", AUTO] for text_, file_ in samples.values()],
                         inputs=[text, file, kind, checkpoint], example_labels=list(samples), elem_id="explore-examples")
         with gr.Column():
             summary = gr.Markdown(label="Summary", elem_id="explore-summary")

@@ -93,27 +93,41 @@ def test_image_completion_streams_rows_and_keeps_the_top(client):
     assert "PNG" in summary and "WebP" in summary and "Generated 12 of 12 rows" in summary
 
 
-def test_the_image_view_opens_on_emoji_and_completes_with_either_checkpoint(client, tiny_checkpoints):
+def test_the_image_view_completes_with_auto_or_any_checkpoint(client, tiny_checkpoints):
     studio = ui.Studio(tiny_checkpoints)
-    assert studio.default("image") == "emoji" and studio.default("audio") == "audio"
     assert studio.choices("image") == [("tiny random emoji model", "emoji"), ("tiny random image model", "image")]
+    assert studio.rows_range("auto").high == 31  # the raster checkpoint's; emoji's 2×2 blocks keep at most 30
     for checkpoint in ("emoji", "image"):
         original, gallery, _, summary = client.predict(handle_file(PHOTO), 30, 1, 1.0, 0, 0, checkpoint,
                                                        api_name="/complete_image")
-        assert len(gallery) == 1 and "Generated" in summary
+        assert len(gallery) == 1 and "Generated" in summary and f"Completed with {checkpoint}." in summary
     with pytest.raises(AppError, match="Checkpoint: there is no image checkpoint called 'text'"):
         client.predict(handle_file(PHOTO), 16, 1, 1.0, 0, 0, "text", api_name="/complete_image")
+
+
+def test_auto_completes_with_the_checkpoint_least_surprised_by_the_upload(client, served_checkpoints):
+    picture = service.open_image(PHOTO, 32)
+    chosen = service.choose_checkpoint(picture, "image", [served_checkpoints / "emoji", served_checkpoints / "image"])
+    *_, summary = client.predict(handle_file(PHOTO), 16, 1, 1.0, 0, 0, api_name="/complete_image")  # auto: the default
+    ranking = " · ".join(f"{fit.folder.name} {fit.bits_per_byte:.2f}" for fit in chosen.fits)
+    assert re.search(rf"Auto: {ranking} bits per subpixel: completed with {chosen.folder.name} "
+                     r"\(chosen in \d+\.\d s\)\.", summary), summary
+    *_, summary = client.predict(handle_file(PHOTO), 31, 1, 1.0, 0, 0, api_name="/complete_image")
+    assert "Auto: image " in summary and "completed with image" in summary  # emoji's blocks cannot keep 31 rows
+    *_, summary = client.predict(handle_file(CLIP), 6, 0.25, 1.0, 0, 0, api_name="/continue_audio")
+    assert "Auto: audio_long " in summary and "continued with audio_long" in summary  # the one context for 6 s
 
 
 def test_examples_follow_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(ui, "ASSETS", tmp_path)
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "photo.png").write_bytes(b"")
-    assert [Path(p).name for p in ui.example_files("emoji", "image")] == ["photo.png"]  # none of its own yet
+    assert [Path(p).name for p in ui.example_files(["emoji"], "image")] == ["photo.png"]  # none of its own yet
     (tmp_path / "emoji").mkdir()
     (tmp_path / "emoji" / "smile.png").write_bytes(b"")
-    assert [Path(p).name for p in ui.example_files("emoji", "image")] == ["smile.png"]
-    assert [Path(p).name for p in ui.example_files("image", "image")] == ["photo.png"]
+    assert [Path(p).name for p in ui.example_files(["emoji"], "image")] == ["smile.png"]
+    assert [Path(p).name for p in ui.example_files(["image"], "image")] == ["photo.png"]
+    assert [Path(p).name for p in ui.example_files(["emoji", "image"], "image")] == ["smile.png", "photo.png"]  # auto's
 
 
 def test_audio_continuation_plays_prompt_then_continuation(client):
@@ -323,6 +337,7 @@ def test_audio_is_taken_up_to_what_the_checkpoints_context_holds(client, served_
     assert limits.prompt_seconds(4096 / 8000).high == limits.SHORT_CONTEXT_AUDIO_SECONDS  # a short one: still 5 s
     studio = ui.Studio(served_checkpoints)
     assert studio.prompt_range("audio_long").high == 8 and studio.prompt_range("audio").high == 5
+    assert studio.prompt_range("auto").high == 8  # auto then chooses among those that take the prompt
     summary, *_ = client.predict(None, handle_file(CLIP), "auto", "audio_long", api_name="/explore")
     assert "became 64,000 bytes: its first 8 s" in summary
 
@@ -523,9 +538,9 @@ def test_the_shipped_checkpoints_load():
     shipped = {folder.name: service.load(folder)[1].modality for folder in sorted(service.CHECKPOINTS.iterdir())}
     assert shipped == {"audio": "audio", "emoji": "image", "image": "image", "melody": "audio",
                        "melody_long": "audio", "text": "text", "text_long": "text"}
-    assert service.default_checkpoint("audio").name == "melody_long"  # the audio view opens on the long melodies
+    assert service.default_checkpoint("audio").name == "melody_long"  # the explorer reads audio with the long melodies
     studio = ui.Studio(service.CHECKPOINTS)
-    assert studio.rows_range(None).high == 31  # the image view opens on emoji, 32x32 in raster order
+    assert studio.rows_range("auto").high == 31  # the image view opens on auto: emoji and photos, 32x32 in raster order
 
 
 def test_each_character_is_coloured_by_the_bits_of_all_its_bytes():
