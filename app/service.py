@@ -177,8 +177,8 @@ def encode_file(source, layout: Layout, max_audio_seconds: float | None = None) 
 
 
 def open_image(source, side: int):
-    """An uploaded image decoded once, shrunk while decoding where that keeps enough pixels for
-    layouts of `side`: encode_file resizes it for each checkpoint without decoding it again."""
+    """An image decoded, shrunk while decoding where that keeps enough pixels for layouts of
+    `side`: encode_file resizes it for each checkpoint without decoding it again."""
     try:
         return adapters.image.open_rgb(source, adapters.image.SHRINK_MARGIN * side)
     except AdapterError as e:
@@ -208,13 +208,17 @@ class Choice:
 
 
 def choose_checkpoint(source, modality: str, folders, max_audio_seconds: float | None = None) -> Choice:
-    """Every checkpoint in `folders` scores the input as its own layout encodes it (each layout
-    encodes it once), and the least surprised is chosen (adapters.checkpoints.rank)."""
+    """Every checkpoint in `folders` scores the input as its own layout encodes it (an image is
+    decoded once; each layout encodes once), and the least surprised is chosen
+    (adapters.checkpoints.rank)."""
     if not folders:
         raise UserError(f"There is no {modality} checkpoint to choose from.")
     start = time.perf_counter()
+    candidates = [(folder, *load_for(modality, folder)) for folder in folders]
+    if modality == "image":  # decoded once, then resized for each layout
+        source = open_image(source, max(layout.image_size for *_, layout in candidates))
     encode = functools.cache(lambda layout: encode_file(source, layout, max_audio_seconds))
-    fits = adapters.checkpoints.rank([(folder, *load_for(modality, folder)) for folder in folders], encode)
+    fits = adapters.checkpoints.rank(candidates, encode)
     data = encode(load(fits[0].folder)[1])
     return Choice(fits, data, time.perf_counter() - start)
 

@@ -461,11 +461,6 @@ class Studio:
         unit = {"image": "subpixel", "audio": "sample"}[modality]
         return Reading(model, layout, choice.folder, modality, choice.data, f"Auto: {choice.summary(unit, done)}.")
 
-    def image_side(self) -> int:
-        """The largest side of the image checkpoints' layouts: an upload is decoded once, for all of them."""
-        layouts = [self.layout("image", name) for name in self.names("image")]
-        return max((layout.image_size for layout in layouts if layout), default=DEFAULT_IMAGE_SIZE)
-
     def complete_image(self, image, rows, samples, temperature, top_k, seed, checkpoint=AUTO):
         """Streams (original, completions, heat map, summary); the completions grow a row at a time."""
         with shown_in_page("/complete_image"):
@@ -473,8 +468,7 @@ class Studio:
             samples = limits.SAMPLES.check(samples)
             how, seed = sampling_settings(temperature, top_k, seed, "image")
             rows = self.rows_range(checkpoint).check(rows)
-            picture = service.open_image(required(image, "an image"), self.image_side())
-            read = self.generating(picture, "image", checkpoint, lambda name: rows in self.rows_range(name), "completed")
+            read = self.generating(required(image, "an image"), "image", checkpoint, lambda name: rows in self.rows_range(name), "completed")
             yield from self.stream_completion(read, rows, samples, how, seed)
 
     def stream_completion(self, read: Reading, rows, samples, how, seed):

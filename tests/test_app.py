@@ -106,8 +106,7 @@ def test_the_image_view_completes_with_auto_or_any_checkpoint(client, tiny_check
 
 
 def test_auto_completes_with_the_checkpoint_least_surprised_by_the_upload(client, served_checkpoints):
-    picture = service.open_image(PHOTO, 32)
-    chosen = service.choose_checkpoint(picture, "image", [served_checkpoints / "emoji", served_checkpoints / "image"])
+    chosen = service.choose_checkpoint(PHOTO, "image", [served_checkpoints / "emoji", served_checkpoints / "image"])
     *_, summary = client.predict(handle_file(PHOTO), 16, 1, 1.0, 0, 0, api_name="/complete_image")  # auto: the default
     ranking = " · ".join(f"{fit.folder.name} {fit.bits_per_byte:.2f}" for fit in chosen.fits)
     assert re.search(rf"Auto: {ranking} bits per subpixel: completed with {chosen.folder.name} "

@@ -141,10 +141,10 @@ def test_auto_decodes_an_upload_once_for_every_checkpoint(tiny_checkpoints, monk
     decoded = []
     opened = adapters.image._open
     monkeypatch.setattr(adapters.image, "_open", lambda *args: decoded.append(1) or opened(*args))
-    picture = service.open_image(service.ROOT / "assets/images/chelsea.png", 32)
-    choice = service.choose_checkpoint(picture, "image", catalog(tiny_checkpoints, "image"))
+    photo = service.ROOT / "assets/images/chelsea.png"
+    choice = service.choose_checkpoint(photo, "image", catalog(tiny_checkpoints, "image"))
     assert len(decoded) == 1 and {fit.folder.name for fit in choice.fits} == {"image", "emoji"}
-    assert choice.data == service.encode_file(picture, service.load(choice.folder)[1])
+    assert choice.data == service.encode_file(photo, service.load(choice.folder)[1])
     clip = service.ROOT / "assets/audio/guit_em9.flac"
     choice = service.choose_checkpoint(clip, "audio", catalog(tiny_checkpoints, "audio"), max_audio_seconds=0.5)
     assert choice.folder.name == "audio" and len(choice.data) == 4000
