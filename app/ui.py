@@ -50,6 +50,7 @@ EXAMPLES = {"image": ("images", "*.png"), "audio": ("audio", "*.flac"), "text": 
 CONCURRENT_REQUESTS = 2
 MAX_QUEUE = 20
 SHOWN_IMAGE_SIDE = 256  # model-resolution images are enlarged to about this many pixels
+MOST_EXAMPLES = 20  # on one page: auto shows the examples of every checkpoint of the medium
 DEFAULT_IMAGE_SIZE = 32  # the rows slider's scale when no image checkpoint is there yet
 EXPLORER_KINDS = ("auto", "text", "image", "audio", "bytes")
 PROGRESS_EVERY_SECONDS = 0.25
@@ -62,7 +63,10 @@ SWEEP_EVERY_SECONDS = 600
 log = logging.getLogger("app")
 
 # The gallery is as tall as its rows of samples: Gradio would keep it tall and empty below them.
-CSS = "#completions, #completions .grid-wrap { height: auto !important; min-height: 0 !important; }"
+# Images at the model's size are sent enlarged with sharp pixels (enlarge); the browser keeps
+# them sharp when it scales them to fit.
+CSS = """#completions, #completions .grid-wrap { height: auto !important; min-height: 0 !important; }
+#image-original img, #completions img { image-rendering: pixelated; }"""
 
 # System fonts only: the default theme would fetch its fonts from Google.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -697,13 +701,14 @@ def sampling_controls():
 
 
 def checkpoint_choice(studio: Studio, modality: str, elem_id: str) -> gr.Dropdown:
-    choices = [("auto: the checkpoint least surprised by the input", AUTO), *studio.choices(modality)]
+    choices = [("auto: least surprised by the input", AUTO), *studio.choices(modality)]
     return checked_by_handler(gr.Dropdown(choices, value=AUTO, label="Checkpoint", elem_id=elem_id))
 
 
 def examples_of(component, samples: list[list[str]]) -> gr.Dataset:
     """Example files that fill `component` when clicked; the checkpoint's choice swaps them."""
-    examples = gr.Dataset(components=[component], samples=samples, label="Examples")
+    examples = gr.Dataset(components=[component], samples=samples, label="Examples",
+                          samples_per_page=MOST_EXAMPLES)
     examples.click(lambda sample: sample[0], examples, component, api_visibility="private")
     return examples
 
@@ -740,7 +745,7 @@ def run_buttons(label: str):
 def image_tab(studio: Studio):
     rows_range = studio.rows_range(AUTO)
     with gr.Row():
-        with gr.Column():
+        with gr.Column(scale=1, min_width=360):
             checkpoint = checkpoint_choice(studio, "image", "image-checkpoint")
             image = image_path_input(label=f"Image (cropped square, at most {MAX_UPLOAD_MB} MB)",
                                      sources=["upload", "clipboard"], height=260, elem_id="image-input")
@@ -751,13 +756,18 @@ def image_tab(studio: Studio):
                                                    label=f"Samples (generated as one batch, at most {limits.MAX_SAMPLES})"))
             temperature, top_k, seed = sampling_controls()
             go, stop = run_buttons("Complete")
-        with gr.Column():
-            original = gr.Image(label="Original at the model's size", format="png", interactive=False)
+        with gr.Column(scale=2):  # wide: four samples a row at 128 px or more each
+            with gr.Row(equal_height=True):
+                original = gr.Image(label="Original at the model's size", format="png", interactive=False,
+                                    elem_id="image-original")
+                # no buttons: in half the column they would float over the figure's title
+                heat = plot("Where the model was surprised by the original", buttons=[])
             # The gallery's own label and captions would float over the kept rows: a heading instead.
-            gr.Markdown("**Completions**, samples in order (magenta: not generated yet)")
+            gr.Markdown("**Completions**, samples in order: the kept rows, then the model's (magenta: not "
+                        "generated yet)")
             gallery = gr.Gallery(label="Completions", show_label=False, columns=4, height="auto", format="png",
-                                 interactive=False, allow_preview=False, buttons=[], elem_id="completions")
-            heat = plot("Where the model was surprised by the original")
+                                 object_fit="contain", interactive=False, allow_preview=False, buttons=[],
+                                 elem_id="completions")
             summary = gr.Markdown(label="Summary", elem_id="image-summary")
     checkpoint.change(studio.image_choice, checkpoint, [rows, examples], api_visibility="private")
     # preprocess=False: Gradio's own image preprocessing would fail on a corrupt file before the check
