@@ -154,10 +154,8 @@ def generate_text(args):
 
 def generate_image(args):
     check_writable(args.out, args.samples)
-    model, layout, pixels = model_input(args, "image", args.file, "completed",
-                                        lambda model, layout: limits.rows(layout.image_size, layout.block_side), args.rows)
-    size = layout.image_size
-    rows = limits.rows(size, layout.block_side).check(size // 2 if args.rows is None else args.rows)
+    model, layout, pixels = model_input(args, "image", args.file, "completed", rows_range, args.rows)
+    rows = rows_range(model, layout).check(layout.image_size // 2 if args.rows is None else args.rows)
     prompt = pixels[: adapters.image.prefix_bytes(rows, layout)]
     images = continue_prompt(model, prompt, layout.bytes_per_image - len(prompt), args)
     save_all(args.out, [png_bytes(adapters.image.decode(image, layout)) for image in images])
@@ -173,11 +171,12 @@ def generate_audio(args):
                         for clip in clips])
 
 
+def rows_range(model, layout) -> limits.Range:
+    return limits.rows(layout.image_size, layout.block_side)
+
+
 def prompt_range(model, layout) -> limits.Range:
     return limits.prompt_seconds(model.context / layout.sample_rate)
-
-
-UNITS = {"image": "subpixel", "audio": "sample"}  # what one byte of the medium is
 
 
 def model_input(args, modality: str, source, done: str, allowed, asked, max_audio_seconds=None):
@@ -196,7 +195,7 @@ def model_input(args, modality: str, source, done: str, allowed, asked, max_audi
         max((allowed(*both) for both in loaded.values()), key=lambda r: r.high).check(asked)  # the widest's sentence
         loaded = {folder: both for folder, both in loaded.items() if asked in allowed(*both)}
     choice = service.choose_checkpoint(source, modality, list(loaded), max_audio_seconds)
-    print(f"auto: {choice.summary(UNITS[modality], done)}", file=sys.stderr)
+    print(f"auto: {choice.summary(done)}", file=sys.stderr)
     return *loaded[choice.folder], choice.data
 
 

@@ -161,7 +161,7 @@ MBZ = "mbz"  # what "auto" reads a .mbz file as: it is decompressed
 
 @dataclass
 class Reading:
-    """An explorer input as a checkpoint reads it."""
+    """An input as a checkpoint reads it, to score in the explorer or to generate from."""
 
     model: torch.nn.Module
     layout: Layout
@@ -336,7 +336,8 @@ class Studio:
     def image_choice(self, name: str):
         """What changes with the image checkpoint: the rows slider's range and the examples."""
         rows = self.rows_range(name)
-        return gr.Slider(rows.low, rows.high, value=(rows.high + 1) // 2), gr.Dataset(samples=self.examples("image", name))
+        return (gr.Slider(rows.low, rows.high, value=(rows.high + 1) // 2),
+                gr.Dataset(samples=self.examples("image", name)))
 
     def audio_choice(self, name: str, new_seconds, prompt_seconds):
         """What changes with the audio checkpoint: the prompt's range (up to what its context holds),
@@ -387,8 +388,7 @@ class Studio:
         folders = [folder for folder in adapters.checkpoints.catalog(self.checkpoints, modality) if takes(folder.name)]
         choice = service.choose_checkpoint(source, modality, folders, max_audio_seconds)
         model, layout = service.load_for(modality, choice.folder)
-        unit = {"image": "subpixel", "audio": "sample"}[modality]
-        return Reading(model, layout, choice.folder, modality, choice.data, f"Auto: {choice.summary(unit, done)}.")
+        return Reading(model, layout, choice.folder, modality, choice.data, f"Auto: {choice.summary(done)}.")
 
     def complete_image(self, image, rows, samples, temperature, top_k, seed, checkpoint=AUTO):
         """Streams (original, completions, heat map, summary); the completions grow a row at a time."""
@@ -397,7 +397,8 @@ class Studio:
             samples = limits.SAMPLES.check(samples)
             how, seed = sampling_settings(temperature, top_k, seed, "image")
             rows = self.rows_range(checkpoint).check(rows)
-            read = self.generating(required(image, "an image"), "image", checkpoint, lambda name: rows in self.rows_range(name), "completed")
+            read = self.generating(required(image, "an image"), "image", checkpoint,
+                                   lambda name: rows in self.rows_range(name), "completed")
             yield from self.stream_completion(read, rows, samples, how, seed)
 
     def stream_completion(self, read: Reading, rows, samples, how, seed):

@@ -188,11 +188,15 @@ def open_image(source, side: int):
 AUTO = "auto"  # the checkpoint choice that scores the input under every checkpoint of its medium
 
 
+UNITS = {"image": "subpixel", "audio": "sample"}  # what one byte of a medium is; else a byte
+
+
 @dataclass
 class Choice:
     """What auto chose for an input: each candidate's fit, least surprised first, the bytes the
     chosen checkpoint reads, and the seconds choosing took (encoding and scoring)."""
 
+    modality: str
     fits: list[adapters.checkpoints.Fit]
     data: bytes
     seconds: float
@@ -201,9 +205,10 @@ class Choice:
     def folder(self) -> Path:
         return self.fits[0].folder
 
-    def summary(self, unit: str, done: str) -> str:
+    def summary(self, done: str) -> str:
         """ "image 4.90 · emoji 5.31 bits per subpixel: completed with image (chosen in 0.4 s)" """
         scored = " · ".join(f"{fit.folder.name} {fit.bits_per_byte:.2f}" for fit in self.fits)
+        unit = UNITS.get(self.modality, "byte")
         return f"{scored} bits per {unit}: {done} with {self.folder.name} (chosen in {self.seconds:.1f} s)"
 
 
@@ -220,7 +225,7 @@ def choose_checkpoint(source, modality: str, folders, max_audio_seconds: float |
     encode = functools.cache(lambda layout: encode_file(source, layout, max_audio_seconds))
     fits = adapters.checkpoints.rank(candidates, encode)
     data = encode(load(fits[0].folder)[1])
-    return Choice(fits, data, time.perf_counter() - start)
+    return Choice(modality, fits, data, time.perf_counter() - start)
 
 
 def continue_bytes(model, prompt: bytes, new_bytes: int, samples: int, how: Sampling, seed: int = 0,

@@ -132,7 +132,7 @@ def test_auto_ranks_the_checkpoints_of_a_medium_by_how_surprised_they_are(tmp_pa
     assert fits[0].bits_per_byte < 0.01 and fits[1].bits_per_byte > 50
     assert choice.data == bytes(100) and 0 < choice.seconds < 60
     assert re.fullmatch(r"zeros 0\.00 · ones \d+\.\d\d bits per byte: scored with zeros \(chosen in \d+\.\d s\)",
-                        choice.summary("byte", "scored"))
+                        choice.summary("scored"))
     with pytest.raises(service.UserError, match="There is no audio checkpoint"):
         service.choose_checkpoint(bytes(100), "audio", catalog(tmp_path, "audio"))
 
