@@ -347,14 +347,14 @@ class Studio:
                           label=prompt_label(prompt.high)),
                 gr.Dataset(samples=self.examples("audio", name)), self.estimate(new_seconds, name))
 
-    def check_image_upload(self, upload: dict | None, name: str):
+    def check_image_upload(self, upload: dict | None):
         """Clears an upload that is no image the adapter can read, and says why, instead of
-        leaving a broken-image icon in the box. Gets the raw upload (a dict with its path)."""
+        leaving a broken-image icon in the box. Gets the raw upload (a dict with its path).
+        Checks without decoding the pixels: complete_image decodes them, once."""
         path = (upload or {}).get("path")
-        layout = self.layout("image", name)
-        if path and layout:
+        if path:
             try:
-                adapters.image.load(path, layout)
+                adapters.image.check(path)
             except AdapterError as e:
                 log.warning("refused an image upload: %s", e)
                 gr.Warning(str(e))

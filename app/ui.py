@@ -170,7 +170,7 @@ def image_tab(studio: Studio):
             summary = gr.Markdown(label="Summary", elem_id="image-summary")
     checkpoint.change(studio.image_choice, checkpoint, [rows, examples], api_visibility="private")
     # preprocess=False: Gradio's own image preprocessing would fail on a corrupt file before the check
-    image.upload(studio.check_image_upload, [image, checkpoint], image, api_visibility="private", preprocess=False)
+    image.upload(studio.check_image_upload, image, image, api_visibility="private", preprocess=False)
     wire(go, studio.complete_image, [image, rows, samples, temperature, top_k, seed, checkpoint],
          [original, gallery, heat, summary], "complete_image", stop, summary)
 
