@@ -471,7 +471,8 @@ def bad_requests(files):
         ("/continue_audio", [handle_file(files / "noise.bin"), *audio], "The audio file is corrupt, truncated"),
         ("/continue_audio", [handle_file(files / "empty.png"), *audio], "The file is empty."),
         ("/continue_audio", [clip, 1.0, 60, 1.0, 0, 0], "Seconds to continue: at most 4."),
-        ("/continue_audio", [clip, 9, 1, 1.0, 0, 0], "Prompt seconds: at most 5."),
+        ("/continue_audio", [clip, 9, 1, 1.0, 0, 0, "audio"], "Prompt seconds: at most 5."),
+        ("/continue_audio", [clip, 9, 1, 1.0, 0, 0], "Prompt seconds: at most 8."),  # auto: the longest context's
         ("/continue_audio", [clip, 9, 1, 1.0, 0, 0, "audio_long"], "Prompt seconds: at most 8."),  # its context
         ("/continue_audio", [clip, 1.0, 0.25, 1.0, 999, 0], "Top-k: at most 256."),
         ("/continue_audio", [clip, 1.0, 0.25, "hot", 0, 0], "Temperature: a number from 0 to 2, not 'hot'."),
