@@ -157,6 +157,7 @@ def test_complete_an_image(page, outside_requests, screenshots, served):
         return images.every(img => img.complete && img.naturalWidth) && images.map(img => img.naturalWidth);
     }""", timeout=WAIT_MS).json_value()
     assert widths == [256] * 4  # four samples, shown 8 times the model's 32 pixels
+    page.locator("#completions").scroll_into_view_if_needed()  # elementFromPoint sees the viewport only
     assert uncovered(page, "#completions img") == [True] * 4  # no label or caption over the kept rows
     for shown in (*page.locator("#completions img").all(), page.locator("#image-original img")):
         box = shown.bounding_box()
