@@ -45,10 +45,15 @@ def check_fits(layout: Layout, modality: str, folder) -> None:
         raise AdapterError(f"The checkpoint {folder} was trained on {layout.modality}, not {modality}.")
 
 
+def load(folder, device="cpu") -> tuple[object, Layout]:
+    """A checkpoint's model (eval mode) and the layout of the bytes it was trained on."""
+    model, layout = load_checkpoint(folder, device)
+    return model, Layout.from_dict(layout)
+
+
 def load_for(modality: str, folder, device="cpu") -> tuple[object, Layout]:
     """A checkpoint's model (eval mode) and layout, if it was trained on `modality`'s bytes."""
-    model, layout = load_checkpoint(folder, device)
-    layout = Layout.from_dict(layout)
+    model, layout = load(folder, device)
     check_fits(layout, modality, folder)
     return model, layout
 
@@ -77,15 +82,17 @@ def rank(candidates, encode, limit: int = AUTO_BYTES) -> list[Fit]:
     return sorted(fits, key=lambda fit: fit.bits_per_byte)
 
 
-def encode_media(path, layout: Layout) -> bytes:
-    """A media file as the bytes the layout describes (an image resized, audio µ-law, text as is)."""
+def encode_media(source, layout: Layout, max_audio_seconds: float | None = None) -> bytes:
+    """A media file (path, bytes or binary file object; an image also as a PIL image, decoded
+    once for several layouts) as the bytes the layout describes: an image resized, audio µ-law
+    (its first `max_audio_seconds`), text and raw bytes as they are."""
     from . import audio, image, text
 
     if layout.modality == "image":
-        return image.encode(image.load(path, layout), layout)
+        return image.encode(image.load(source, layout), layout)
     if layout.modality == "audio":
-        return audio.encode(audio.load(path, layout), layout)
-    return text.read(path)
+        return audio.encode(audio.load(source, layout, max_audio_seconds), layout)
+    return text.read(source)
 
 
 CHECK_LINE = "- Check: {bits:.4f} bits per byte on `{pattern}` ({files} held-out files, {size:,} bytes)"

@@ -1,5 +1,6 @@
 """Images ⇄ bytes: square RGB, 3 bytes per pixel, in the layout's scan order."""
 
+import contextlib
 import functools
 import io
 
@@ -130,16 +131,38 @@ def _require_image(layout):
         raise AdapterError(f"This needs an image layout, not a {layout.modality} one.")
 
 
+def check(source) -> None:
+    """Refuses, in load's sentence, a file load would refuse for its header or its structure (a
+    PNG's chunks and their checksums), without decoding its pixels: a check for an upload that
+    a later request decodes once. A truncated JPEG passes; load refuses it."""
+    with _refused():
+        img = _header(read_source(source))
+        img.verify()
+
+
 def _open(data: bytes, shortest_side: int | None) -> Image.Image:
     """The decoded image, upright, its size checked from the header first."""
-    try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
-        if img.width * img.height > MAX_PIXELS:
-            raise AdapterError(TOO_MANY_PIXELS)
+    with _refused():
+        img = _header(data)
         if shortest_side:
             img.draft(None, (shortest_side, shortest_side))  # JPEG only; other formats ignore it
         img.load()  # decoding now surfaces truncation here
         ImageOps.exif_transpose(img, in_place=True)  # and a corrupt EXIF here; in place: no copy of a large image
+    return img
+
+
+def _header(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))  # reads the header only
+    if img.width * img.height > MAX_PIXELS:
+        raise AdapterError(TOO_MANY_PIXELS)
+    return img
+
+
+@contextlib.contextmanager
+def _refused():
+    """Pillow's errors on a bad file as one sentence of ours."""
+    try:
+        yield
     except AdapterError:  # ours, which the ValueError below would catch
         raise
     except Image.UnidentifiedImageError:
@@ -148,7 +171,6 @@ def _open(data: bytes, shortest_side: int | None) -> Image.Image:
         raise AdapterError(TOO_MANY_PIXELS) from None
     except (OSError, SyntaxError, ValueError, EOFError):
         raise AdapterError("The image file is truncated or corrupt.") from None
-    return img
 
 
 def _from_array(array: np.ndarray) -> Image.Image:

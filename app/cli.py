@@ -154,10 +154,8 @@ def generate_text(args):
 
 def generate_image(args):
     check_writable(args.out, args.samples)
-    model, layout = load_checkpoint(args, "image")
-    size = layout.image_size
-    rows = limits.rows(size, layout.block_side).check(size // 2 if args.rows is None else args.rows)
-    pixels = service.encode_file(args.file, layout)
+    model, layout, pixels = model_input(args, "image", args.file, "completed", rows_range, args.rows)
+    rows = rows_range(model, layout).check(layout.image_size // 2 if args.rows is None else args.rows)
     prompt = pixels[: adapters.image.prefix_bytes(rows, layout)]
     images = continue_prompt(model, prompt, layout.bytes_per_image - len(prompt), args)
     save_all(args.out, [png_bytes(adapters.image.decode(image, layout)) for image in images])
@@ -165,13 +163,40 @@ def generate_image(args):
 
 def generate_audio(args):
     check_writable(args.out, args.samples)
-    model, layout = load_checkpoint(args, "audio")
-    seconds = limits.prompt_seconds(model.context / layout.sample_rate).check(args.prompt_seconds)
-    prompt = service.encode_file(args.file, layout, max_audio_seconds=seconds)
+    model, layout, prompt = model_input(args, "audio", args.file, "continued", prompt_range, args.prompt_seconds,
+                                        max_audio_seconds=args.prompt_seconds)
     new_bytes = adapters.audio.seconds_to_bytes(args.seconds, layout)
     clips = continue_prompt(model, prompt, new_bytes, args)
     save_all(args.out, [adapters.audio.to_wav_bytes(adapters.audio.decode(clip, layout), layout.sample_rate)
                         for clip in clips])
+
+
+def rows_range(model, layout) -> limits.Range:
+    return limits.rows(layout.image_size, layout.block_side)
+
+
+def prompt_range(model, layout) -> limits.Range:
+    return limits.prompt_seconds(model.context / layout.sample_rate)
+
+
+def model_input(args, modality: str, source, done: str, allowed, asked, max_audio_seconds=None):
+    """(model, layout, the input's bytes) for a generation: the --checkpoint named, or with auto
+    (the default) the checkpoint under --checkpoints least surprised by the input, among those
+    whose `allowed(model, layout)` range holds the `asked` setting (None: any). Auto's choice,
+    the bits under each and what choosing took go to stderr."""
+    if args.checkpoint != service.AUTO:
+        model, layout = service.load_for(modality, args.checkpoint)
+        if asked is not None:
+            allowed(model, layout).check(asked)
+        return model, layout, service.encode_file(source, layout, max_audio_seconds)
+    loaded = {folder: service.load_for(modality, folder)
+              for folder in adapters.checkpoints.catalog(args.checkpoints, modality)}
+    if asked is not None and loaded:
+        max((allowed(*both) for both in loaded.values()), key=lambda r: r.high).check(asked)  # the widest's sentence
+        loaded = {folder: both for folder, both in loaded.items() if asked in allowed(*both)}
+    choice = service.choose_checkpoint(source, modality, list(loaded), max_audio_seconds)
+    print(f"auto: {choice.summary(done)}", file=sys.stderr)
+    return *loaded[choice.folder], choice.data
 
 
 def checkpoint_folder(args, modality: str) -> Path:
@@ -355,7 +380,15 @@ def build_parser() -> Parser:
                               help="the model learns while it reads (dynamic evaluation), as compress --adapt codes")
     score_parser.set_defaults(run=score)
 
-    sampling = Parser(add_help=False, parents=[checkpoint])
+    media_checkpoint = Parser(add_help=False)
+    media_checkpoint.add_argument(
+        "--checkpoint", type=lambda text: text if text == service.AUTO else Path(text), default=service.AUTO,
+        metavar="DIR", help="checkpoint folder, or auto: the one under --checkpoints least surprised by FILE, "
+                            "which then prints the bits under each and the seconds choosing took (default: auto)")
+    media_checkpoint.add_argument("--checkpoints", type=Path, default=service.CHECKPOINTS, metavar="DIR",
+                                  help="where auto looks for checkpoints (default: the shipped checkpoints/)")
+
+    sampling = Parser(add_help=False)
     sampling.add_argument("--seed", type=limits.SEED.argument, default=0,
                           help=f"the same seed gives the same output, 0 to {limits.MAX_SEED:,} (default: 0)")
     sampling.add_argument("--temperature", type=limits.TEMPERATURE.argument, default=1.0, metavar="T",
@@ -380,7 +413,7 @@ def build_parser() -> Parser:
                                           description="Continue a prompt with the model.")
     kinds = generate_parser.add_subparsers(dest="kind", required=True, metavar="{text,image,audio}")
 
-    text = kinds.add_parser("text", parents=[sampling], help="continue a text",
+    text = kinds.add_parser("text", parents=[sampling, checkpoint], help="continue a text",
                             description="Continue a text prompt; prints the prompt and its continuation, "
                                         "or writes them to --out.")
     prompt = text.add_mutually_exclusive_group(required=True)
@@ -390,7 +423,7 @@ def build_parser() -> Parser:
     text.add_argument("--out", type=Path, help="write prompt and continuation to this file instead of printing")
     text.set_defaults(run=generate_text)
 
-    image = kinds.add_parser("image", parents=[sampling], help="complete an image from its top rows",
+    image = kinds.add_parser("image", parents=[sampling, media_checkpoint], help="complete an image from its top rows",
                              description="Keep the top rows of FILE (at the checkpoint's size) and let the "
                                          "model paint the rest; writes a PNG of the checkpoint's size.")
     image.add_argument("file", type=Path, metavar="FILE")
@@ -400,7 +433,7 @@ def build_parser() -> Parser:
     image.add_argument("--out", type=Path, default=Path("completion.png"), help="PNG to write (default: completion.png)")
     image.set_defaults(run=generate_image)
 
-    audio = kinds.add_parser("audio", parents=[sampling], help="continue an audio clip",
+    audio = kinds.add_parser("audio", parents=[sampling, media_checkpoint], help="continue an audio clip",
                              description="Take the start of FILE (wav, flac, ogg) as the prompt and continue it; "
                                          "writes a WAV of prompt and continuation at the checkpoint's rate.")
     audio.add_argument("file", type=Path, metavar="FILE")

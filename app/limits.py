@@ -55,6 +55,9 @@ class Range:
             raise UserError(f"{self.name}: at most {shown(self.high)}.")
         return int(number) if self.whole else number
 
+    def __contains__(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
     def argument(self, text: str) -> int | float:
         """The check as an argparse type: its sentence, not argparse's "invalid value"."""
         try:

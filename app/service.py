@@ -24,7 +24,7 @@ import adapters
 from adapters import AdapterError, Layout
 from adapters.common import read_source
 from model import (BATCH_BUCKETS, CheckpointError, Decoder, GenerationStatus, Sampling, Scores, compile_scoring,
-                   load_checkpoint, score, stream_bytes)
+                   score, stream_bytes)
 from model.hardware import bf16_faster
 import model.compress as mbz
 
@@ -100,8 +100,7 @@ def device() -> torch.device:
 
 @lru_cache(maxsize=8)
 def _load(folder: str):
-    model, layout = load_checkpoint(folder, device())
-    return model, Layout.from_dict(layout)
+    return adapters.checkpoints.load(folder, device())
 
 
 def default_sampling(modality: str, temperature: float = 1.0, top_k: int = 0,
@@ -169,16 +168,19 @@ def score_bytes(model, data: bytes, progress=None, adapt: bool = False, modality
 
 
 def encode_file(source, layout: Layout, max_audio_seconds: float | None = None) -> bytes:
-    """A media file (path, bytes or file object) as the bytes the layout describes."""
+    """A media file (path, bytes, file object, or an image from open_image) as the bytes the
+    layout describes (adapters.checkpoints.encode_media)."""
     try:
-        if layout.modality == "image":
-            return adapters.image.encode(adapters.image.load(source, layout), layout)
-        if layout.modality == "audio":
-            return adapters.audio.encode(adapters.audio.load(source, layout, max_audio_seconds), layout)
-        data = adapters.text.read(source) if isinstance(source, (str, Path)) else bytes(source)
-        if not data:
-            raise UserError("The file is empty.")
-        return data
+        return adapters.checkpoints.encode_media(source, layout, max_audio_seconds)
+    except AdapterError as e:
+        raise UserError(str(e)) from None
+
+
+def open_image(source, side: int):
+    """An image decoded, shrunk while decoding where that keeps enough pixels for layouts of
+    `side`: encode_file resizes it for each checkpoint without decoding it again."""
+    try:
+        return adapters.image.open_rgb(source, adapters.image.SHRINK_MARGIN * side)
     except AdapterError as e:
         raise UserError(str(e)) from None
 
@@ -186,20 +188,44 @@ def encode_file(source, layout: Layout, max_audio_seconds: float | None = None) 
 AUTO = "auto"  # the checkpoint choice that scores the input under every checkpoint of its medium
 
 
-def rank_checkpoints(source, modality: str, root: str | Path = CHECKPOINTS,
-                     max_audio_seconds: float | None = None) -> list[adapters.checkpoints.Fit]:
-    """Every checkpoint of the medium scores the input as its own layout encodes it, least
-    surprised first (adapters.checkpoints.rank)."""
-    candidates = [(folder, *load_for(modality, folder)) for folder in adapters.checkpoints.catalog(root, modality)]
-    if not candidates:
-        raise UserError(f"There is no {modality} checkpoint in {root}.")
-    return adapters.checkpoints.rank(candidates, lambda layout: encode_file(source, layout, max_audio_seconds))
+UNITS = {"image": "subpixel", "audio": "sample"}  # what one byte of a medium is; else a byte
 
 
-def fits_summary(fits: list[adapters.checkpoints.Fit], unit: str, done: str) -> str:
-    """ "photos 4.90 · emoji 5.31 bits per subpixel: continued with photos" """
-    scored = " · ".join(f"{fit.folder.name} {fit.bits_per_byte:.2f}" for fit in fits)
-    return f"{scored} bits per {unit}: {done} with {fits[0].folder.name}"
+@dataclass
+class Choice:
+    """What auto chose for an input: each candidate's fit, least surprised first, the bytes the
+    chosen checkpoint reads, and the seconds choosing took (encoding and scoring)."""
+
+    modality: str
+    fits: list[adapters.checkpoints.Fit]
+    data: bytes
+    seconds: float
+
+    @property
+    def folder(self) -> Path:
+        return self.fits[0].folder
+
+    def summary(self, done: str) -> str:
+        """ "image 4.90 · emoji 5.31 bits per subpixel: completed with image (chosen in 0.4 s)" """
+        scored = " · ".join(f"{fit.folder.name} {fit.bits_per_byte:.2f}" for fit in self.fits)
+        unit = UNITS.get(self.modality, "byte")
+        return f"{scored} bits per {unit}: {done} with {self.folder.name} (chosen in {self.seconds:.1f} s)"
+
+
+def choose_checkpoint(source, modality: str, folders, max_audio_seconds: float | None = None) -> Choice:
+    """Every checkpoint in `folders` scores the input as its own layout encodes it (an image is
+    decoded once; each layout encodes once), and the least surprised is chosen
+    (adapters.checkpoints.rank)."""
+    if not folders:
+        raise UserError(f"There is no {modality} checkpoint to choose from.")
+    start = time.perf_counter()
+    candidates = [(folder, *load_for(modality, folder)) for folder in folders]
+    if modality == "image":  # decoded once, then resized for each layout
+        source = open_image(source, max(layout.image_size for *_, layout in candidates))
+    encode = functools.cache(lambda layout: encode_file(source, layout, max_audio_seconds))
+    fits = adapters.checkpoints.rank(candidates, encode)
+    data = encode(load(fits[0].folder)[1])
+    return Choice(modality, fits, data, time.perf_counter() - start)
 
 
 def continue_bytes(model, prompt: bytes, new_bytes: int, samples: int, how: Sampling, seed: int = 0,

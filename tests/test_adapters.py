@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from adapters import AdapterError, Layout, audio, image, text
 
@@ -542,3 +542,14 @@ def test_continuation_metrics_tell_noise_from_a_continued_tone():
     assert same["similarity"] > 0.95 and noisy["similarity"] < 0.3
     assert same["rms_drift"] == pytest.approx(1, abs=0.01) and noisy["rms_drift"] == pytest.approx(1, abs=0.1)
     assert audio.continuation_metrics(tone, 2 * tone)["rms_drift"] == pytest.approx(2, rel=0.01)
+
+
+def test_an_upload_is_checked_without_decoding_its_pixels(monkeypatch):
+    photo = (Path(__file__).resolve().parent.parent / "assets" / "images" / "chelsea.png").read_bytes()
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the pixels were decoded"))
+    image.check(photo)
+    for cut in (2000, len(photo) - 20):
+        with pytest.raises(AdapterError, match="^The image file is truncated or corrupt.$"):
+            image.check(photo[:cut])
+    with pytest.raises(AdapterError, match="^This is not an image Pillow can read"):
+        image.check(b"plain words")

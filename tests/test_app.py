@@ -27,7 +27,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import model.compress as mbz
-from app import limits, service, ui, views
+from app import handlers, limits, service, ui, views
 
 ASSETS = service.ROOT / "assets"
 PHOTO = ASSETS / "images" / "chelsea.png"
@@ -92,27 +92,40 @@ def test_image_completion_streams_rows_and_keeps_the_top(client):
     assert "PNG" in summary and "WebP" in summary and "Generated 12 of 12 rows" in summary
 
 
-def test_the_image_view_opens_on_emoji_and_completes_with_either_checkpoint(client, tiny_checkpoints):
-    studio = ui.Studio(tiny_checkpoints)
-    assert studio.default("image") == "emoji" and studio.default("audio") == "audio"
+def test_the_image_view_completes_with_auto_or_any_checkpoint(client, tiny_checkpoints):
+    studio = handlers.Studio(tiny_checkpoints)
     assert studio.choices("image") == [("tiny random emoji model", "emoji"), ("tiny random image model", "image")]
+    assert studio.rows_range("auto").high == 31  # the raster checkpoint's; emoji's 2×2 blocks keep at most 30
     for checkpoint in ("emoji", "image"):
         original, gallery, _, summary = client.predict(handle_file(PHOTO), 30, 1, 1.0, 0, 0, checkpoint,
                                                        api_name="/complete_image")
-        assert len(gallery) == 1 and "Generated" in summary
+        assert len(gallery) == 1 and "Generated" in summary and f"Completed with {checkpoint}." in summary
     with pytest.raises(AppError, match="Checkpoint: there is no image checkpoint called 'text'"):
         client.predict(handle_file(PHOTO), 16, 1, 1.0, 0, 0, "text", api_name="/complete_image")
 
 
+def test_auto_completes_with_the_checkpoint_least_surprised_by_the_upload(client, served_checkpoints):
+    chosen = service.choose_checkpoint(PHOTO, "image", [served_checkpoints / "emoji", served_checkpoints / "image"])
+    *_, summary = client.predict(handle_file(PHOTO), 16, 1, 1.0, 0, 0, api_name="/complete_image")  # auto: the default
+    ranking = " · ".join(f"{fit.folder.name} {fit.bits_per_byte:.2f}" for fit in chosen.fits)
+    assert re.search(rf"Auto: {ranking} bits per subpixel: completed with {chosen.folder.name} "
+                     r"\(chosen in \d+\.\d s\)\.", summary), summary
+    *_, summary = client.predict(handle_file(PHOTO), 31, 1, 1.0, 0, 0, api_name="/complete_image")
+    assert "Auto: image " in summary and "completed with image" in summary  # emoji's blocks cannot keep 31 rows
+    *_, summary = client.predict(handle_file(CLIP), 6, 0.25, 1.0, 0, 0, api_name="/continue_audio")
+    assert "Auto: audio_long " in summary and "continued with audio_long" in summary  # the one context for 6 s
+
+
 def test_examples_follow_the_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(ui, "ASSETS", tmp_path)
+    monkeypatch.setattr(handlers, "ASSETS", tmp_path)
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "photo.png").write_bytes(b"")
-    assert [Path(p).name for p in ui.example_files("emoji", "image")] == ["photo.png"]  # none of its own yet
+    assert [Path(p).name for p in handlers.example_files(["emoji"], "image")] == ["photo.png"]  # none of its own yet
     (tmp_path / "emoji").mkdir()
     (tmp_path / "emoji" / "smile.png").write_bytes(b"")
-    assert [Path(p).name for p in ui.example_files("emoji", "image")] == ["smile.png"]
-    assert [Path(p).name for p in ui.example_files("image", "image")] == ["photo.png"]
+    assert [Path(p).name for p in handlers.example_files(["emoji"], "image")] == ["smile.png"]
+    assert [Path(p).name for p in handlers.example_files(["image"], "image")] == ["photo.png"]
+    assert [Path(p).name for p in handlers.example_files(["emoji", "image"], "image")] == ["smile.png", "photo.png"]  # auto's
 
 
 def test_audio_continuation_plays_prompt_then_continuation(client):
@@ -183,7 +196,7 @@ def test_stop_ends_an_explorer_request_and_the_server_goes_on(client, monkeypatc
             while time.monotonic() < deadline:
                 time.sleep(0.05)
                 progress(0, len(data))
-        except ui.Stopped:
+        except handlers.Stopped:
             stopped.append(True)
             raise
         return score(model, data, **options)
@@ -269,7 +282,7 @@ def test_explore_scores_a_million_bytes_whole_and_colours_one_window_at_a_time(t
     data = text.encode()
     scorings, score_bytes = [], service.score_bytes
     monkeypatch.setattr(service, "score_bytes", lambda *args, **kwargs: scorings.append(1) or score_bytes(*args, **kwargs))
-    studio = ui.Studio(tiny_checkpoints)
+    studio = handlers.Studio(tiny_checkpoints)
     summary, page, chart, positions, context, table, download, explored = studio.explore_now(text, None, "auto")
     assert summary.startswith(f"Scored {limits.MAX_SCORE_BYTES:,} bytes as text")  # nothing cut
     assert explored.scored.data == data and np.isfinite(explored.scored.scores.surprisal).all()
@@ -320,8 +333,9 @@ def test_the_context_chart_places_each_byte_in_the_window_that_scored_it():
 def test_audio_is_taken_up_to_what_the_checkpoints_context_holds(client, served_checkpoints):
     assert limits.prompt_seconds(131_072 / 8000).high == 16  # the long melody model
     assert limits.prompt_seconds(4096 / 8000).high == limits.SHORT_CONTEXT_AUDIO_SECONDS  # a short one: still 5 s
-    studio = ui.Studio(served_checkpoints)
+    studio = handlers.Studio(served_checkpoints)
     assert studio.prompt_range("audio_long").high == 8 and studio.prompt_range("audio").high == 5
+    assert studio.prompt_range("auto").high == 8  # auto then chooses among those that take the prompt
     summary, *_ = client.predict(None, handle_file(CLIP), "auto", "audio_long", api_name="/explore")
     assert "became 64,000 bytes: its first 8 s" in summary
 
@@ -428,11 +442,11 @@ def test_fifty_requests_leave_no_files_behind(tiny_checkpoints, free_port, tmp_p
 
 
 def test_decompressed_files_are_named_as_the_command_line_names_them():
-    assert ui.decompressed_name("photo.jpg.mbz", ".png", "image") == "photo.png"
-    assert ui.decompressed_name("clip.flac.mbz", ".wav", "audio") == "clip.wav"
-    assert ui.decompressed_name("notes.md.mbz", "", "text") == "notes.md"
-    assert ui.decompressed_name("text.mbz", "", "text") == "text.txt"
-    assert ui.decompressed_name("packed", "", "bytes") == "packed.out"
+    assert handlers.decompressed_name("photo.jpg.mbz", ".png", "image") == "photo.png"
+    assert handlers.decompressed_name("clip.flac.mbz", ".wav", "audio") == "clip.wav"
+    assert handlers.decompressed_name("notes.md.mbz", "", "text") == "notes.md"
+    assert handlers.decompressed_name("text.mbz", "", "text") == "text.txt"
+    assert handlers.decompressed_name("packed", "", "bytes") == "packed.out"
 
 
 def bad_requests(files):
@@ -455,12 +469,13 @@ def bad_requests(files):
         ("/continue_audio", [handle_file(files / "noise.bin"), *audio], "The audio file is corrupt, truncated"),
         ("/continue_audio", [handle_file(files / "empty.png"), *audio], "The file is empty."),
         ("/continue_audio", [clip, 1.0, 60, 1.0, 0, 0], "Seconds to continue: at most 4."),
-        ("/continue_audio", [clip, 9, 1, 1.0, 0, 0], "Prompt seconds: at most 5."),
+        ("/continue_audio", [clip, 9, 1, 1.0, 0, 0, "audio"], "Prompt seconds: at most 5."),
+        ("/continue_audio", [clip, 9, 1, 1.0, 0, 0], "Prompt seconds: at most 8."),  # auto: the longest context's
         ("/continue_audio", [clip, 9, 1, 1.0, 0, 0, "audio_long"], "Prompt seconds: at most 8."),  # its context
         ("/continue_audio", [clip, 1.0, 0.25, 1.0, 999, 0], "Top-k: at most 256."),
         ("/continue_audio", [clip, 1.0, 0.25, "hot", 0, 0], "Temperature: a number from 0 to 2, not 'hot'."),
         ("/explore", [None, None, "auto"], "Type some text or upload a file to score."),
-        ("/explore", ["x" * (ui.MAX_SCORE_BYTES + 1), None, "auto"], "the explorer scores at most 1,000,000 bytes"),
+        ("/explore", ["x" * (handlers.MAX_SCORE_BYTES + 1), None, "auto"], "the explorer scores at most 1,000,000 bytes"),
         ("/explore", [None, handle_file(files / "empty.png"), "text"], "The file is empty."),
         ("/explore", [None, handle_file(files / "truncated.png"), "auto"], "The image file is truncated or corrupt."),
         ("/explore", ["plain words", None, "audio"], "The audio file is corrupt, truncated"),
@@ -521,9 +536,9 @@ def test_the_shipped_checkpoints_load():
     shipped = {folder.name: service.load(folder)[1].modality for folder in sorted(service.CHECKPOINTS.iterdir())}
     assert shipped == {"audio": "audio", "emoji": "image", "image": "image", "melody": "audio",
                        "melody_long": "audio", "text": "text", "text_long": "text"}
-    assert service.default_checkpoint("audio").name == "melody_long"  # the audio view opens on the long melodies
-    studio = ui.Studio(service.CHECKPOINTS)
-    assert studio.rows_range(None).high == 31  # the image view opens on emoji, 32x32 in raster order
+    assert service.default_checkpoint("audio").name == "melody_long"  # the explorer reads audio with the long melodies
+    studio = handlers.Studio(service.CHECKPOINTS)
+    assert studio.rows_range("auto").high == 31  # the image view opens on auto: emoji and photos, 32x32 in raster order
 
 
 def test_each_character_is_coloured_by_the_bits_of_all_its_bytes():

@@ -1,8 +1,8 @@
 """The app in a real browser: Playwright for Python driving the system Chromium.
 
 Each view's test takes a screenshot. The app serves tiny random checkpoints, whose
-pictures are noise, so the screenshots go to a temporary folder, unless APP_CHECKPOINTS
-names real ones: then they are the README's, in docs/screenshots/:
+pictures are noise, so the screenshots go to tests/screenshots/ (git-ignored), unless
+APP_CHECKPOINTS names real ones: then they are the README's, in docs/screenshots/:
 
     APP_CHECKPOINTS=checkpoints python -m pytest -q tests/test_browser.py
 """
@@ -27,10 +27,12 @@ WAIT_MS = 120_000  # generous: the CPU is shared; no test asserts a time
 
 
 @pytest.fixture(scope="module")
-def screenshots(tmp_path_factory) -> Path:
+def screenshots() -> Path:
     if os.environ.get("APP_CHECKPOINTS"):
         return service.ROOT / "docs" / "screenshots"
-    return tmp_path_factory.mktemp("screenshots")
+    folder = service.ROOT / "tests" / "screenshots"  # git-ignored: to look at, not to keep
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +128,17 @@ def uncovered(page, selector: str) -> list:
     })""", selector)
 
 
-def test_complete_an_image(page, outside_requests, screenshots, tiny_checkpoints):
+def auto_chooses(source, modality: str, served: Path, **options) -> str:
+    """The checkpoint auto chooses for the input, as the app's summary names it."""
+    choice = service.choose_checkpoint(source, modality, adapters.checkpoints.catalog(served, modality), **options)
+    return f"with {choice.folder.name} (chosen in"
+
+
+def test_complete_an_image(page, outside_requests, screenshots, served):
     open_tab(page, "Image completion")
-    # The view opens on the emoji checkpoint when there is one (the tiny checkpoints have one).
-    served = os.environ.get("APP_CHECKPOINTS") or tiny_checkpoints
-    opened_on = adapters.checkpoints.description(service.default_checkpoint("image", served))
-    assert page.locator("#image-checkpoint input").input_value() == opened_on
-    page.locator("#image-input input[type=file]").set_input_files(ASSETS / "images" / "chelsea.png")
+    assert page.locator("#image-checkpoint input").input_value().startswith("auto: ")  # the view opens on auto
+    photo = ASSETS / "images" / "chelsea.png"
+    page.locator("#image-input input[type=file]").set_input_files(photo)
     # Record every row count the summary shows, to see the completions stream in.
     page.evaluate("""() => {
         window.rowsSeen = new Set();
@@ -143,6 +149,7 @@ def test_complete_an_image(page, outside_requests, screenshots, tiny_checkpoints
     }""")
     page.get_by_role("button", name="Complete").click()
     wait_for_text(page, "image-summary", "Generated 16 of 16 rows")
+    wait_for_text(page, "image-summary", "completed " + auto_chooses(photo, "image", served))
     rows_seen = page.evaluate("[...window.rowsSeen]")
     assert min(rows_seen) < 16 and 16 in rows_seen, rows_seen
     widths = page.wait_for_function("""() => {
@@ -150,7 +157,11 @@ def test_complete_an_image(page, outside_requests, screenshots, tiny_checkpoints
         return images.every(img => img.complete && img.naturalWidth) && images.map(img => img.naturalWidth);
     }""", timeout=WAIT_MS).json_value()
     assert widths == [256] * 4  # four samples, shown 8 times the model's 32 pixels
+    page.locator("#completions").scroll_into_view_if_needed()  # elementFromPoint sees the viewport only
     assert uncovered(page, "#completions img") == [True] * 4  # no label or caption over the kept rows
+    for shown in (*page.locator("#completions img").all(), page.locator("#image-original img")):
+        box = shown.bounding_box()
+        assert box["width"] >= 128 and box["height"] >= 128, box  # a size a person can judge
     gallery, first = (page.locator(selector).first.bounding_box() for selector in ("#completions", "#completions img"))
     assert gallery["height"] < first["height"] + 80  # one row of samples, no empty area below
     page.screenshot(path=screenshots / "image.png", full_page=True)
@@ -167,14 +178,17 @@ def test_a_corrupt_image_is_cleared_and_explained(page, tmp_path):
     page.locator(".toast-body").first.wait_for(state="detached")  # gone by itself, not over later screenshots
 
 
-def test_continue_an_audio_clip(page, outside_requests, screenshots):
+def test_continue_an_audio_clip(page, outside_requests, screenshots, served):
     open_tab(page, "Audio continuation")
-    page.locator("#audio-input input[type=file]").set_input_files(ASSETS / "audio" / "guit_em9.flac")
+    assert page.locator("#audio-checkpoint input").input_value().startswith("auto: ")  # the view opens on auto
+    song = ASSETS / "audio" / "guit_em9.flac"
+    page.locator("#audio-input input[type=file]").set_input_files(song)
     set_slider(page, "prompt-seconds", 1)
     set_slider(page, "new-seconds", 0.25)
     wait_for_text(page, "audio-estimate", "0.25 s is 2,000 bytes")  # said before it starts
     page.get_by_role("button", name="Continue").click()
     wait_for_text(page, "audio-summary", "Generated 0.25 of 0.25 s")
+    wait_for_text(page, "audio-summary", "continued " + auto_chooses(song, "audio", served, max_audio_seconds=1))
     wait_for_text(page, "audio-estimate", "at the last measured")
     for measure in ("Spectral flatness", "Similarity to the prompt's last second", "Loudness drift"):
         wait_for_text(page, "audio-measures", measure)
@@ -209,7 +223,7 @@ def test_continue_an_8_second_audio_prompt_with_a_long_context_checkpoint(page, 
     wait_for_text(page, "audio-summary", "Prompt: 8.00 s")  # this request's summary, not the last one's
     wait_for_text(page, "audio-summary", "Generated 0.25 of 0.25 s")
     wait_for_continuation(page, 8.25)
-    choose(page, "audio-checkpoint", adapters.checkpoints.description(service.default_checkpoint("audio", served)))
+    choose(page, "audio-checkpoint", "auto: least surprised by the input")
     set_slider(page, "prompt-seconds", 1)
 
 

@@ -8,6 +8,7 @@ quicker than starting torch again for each.
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import soundfile as sf
 from PIL import Image
 
 from adapters import Layout, audio, image
-from app import cli
+from app import cli, service
 from model import read_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +133,22 @@ def test_generate_audio_takes_a_prompt_as_long_as_the_context_holds(served_check
     with pytest.raises(SystemExit):
         cli.main(["generate", "audio", str(source), "--prompt-seconds", "9", "--checkpoint", str(long_model)])
     assert capsys.readouterr().err == "error: Prompt seconds: at most 8.\n"
+
+
+def test_generate_defaults_to_the_checkpoint_least_surprised_by_the_input(served_checkpoints, tmp_path, capsys):
+    photo, clip = ASSETS / "images/astronaut.png", ASSETS / "audio/guit_em9.flac"
+    done = run_cli("generate", "image", photo, "--checkpoints", served_checkpoints, "--out", tmp_path / "auto.png")
+    assert done.returncode == 0, done.stderr
+    chosen = service.choose_checkpoint(photo, "image", [served_checkpoints / "emoji", served_checkpoints / "image"])
+    ranking = " · ".join(f"{fit.folder.name} {fit.bits_per_byte:.2f}" for fit in chosen.fits)
+    assert re.search(rf"^auto: {ranking} bits per subpixel: completed with {chosen.folder.name} "
+                     r"\(chosen in \d+\.\d s\)$", done.stderr, re.M), done.stderr
+    cli.main(["generate", "audio", str(clip), "--checkpoints", str(served_checkpoints), "--prompt-seconds", "6",
+              "--seconds", "0.01", "--out", str(tmp_path / "auto.wav")])  # only audio_long's context takes 6 s
+    assert "continued with audio_long (chosen in" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "audio", str(clip), "--checkpoints", str(served_checkpoints), "--prompt-seconds", "9"])
+    assert capsys.readouterr().err == "error: Prompt seconds: at most 8.\n"  # the longest context's
 
 
 def ogg_crc(page: bytes) -> int:

@@ -5,12 +5,15 @@ tested in test_model.py.)"""
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
+import adapters
 import model.compress as mbz
+from adapters.checkpoints import catalog
 from app import service
 from model import GenerationStatus, MegaByteConfig, Sampling, build_model, save_checkpoint, stream_bytes
 
@@ -123,9 +126,25 @@ def test_auto_ranks_the_checkpoints_of_a_medium_by_how_surprised_they_are(tmp_pa
             model.head.bias.fill_(-30.0)
             model.head.bias[favourite] = 30.0
         save_checkpoint(tmp_path / name, model, {"modality": "text"}, card=f"# always {name}\n")
-    fits = service.rank_checkpoints(bytes(100), "text", tmp_path)
-    assert [fit.folder.name for fit in fits] == ["zeros", "ones"]
+    choice = service.choose_checkpoint(bytes(100), "text", catalog(tmp_path, "text"))
+    fits = choice.fits
+    assert [fit.folder.name for fit in fits] == ["zeros", "ones"] and choice.folder.name == "zeros"
     assert fits[0].bits_per_byte < 0.01 and fits[1].bits_per_byte > 50
-    assert service.fits_summary(fits, "byte", "scored").endswith("bits per byte: scored with zeros")
+    assert choice.data == bytes(100) and 0 < choice.seconds < 60
+    assert re.fullmatch(r"zeros 0\.00 · ones \d+\.\d\d bits per byte: scored with zeros \(chosen in \d+\.\d s\)",
+                        choice.summary("scored"))
     with pytest.raises(service.UserError, match="There is no audio checkpoint"):
-        service.rank_checkpoints(bytes(100), "audio", tmp_path)
+        service.choose_checkpoint(bytes(100), "audio", catalog(tmp_path, "audio"))
+
+
+def test_auto_decodes_an_upload_once_for_every_checkpoint(tiny_checkpoints, monkeypatch):
+    decoded = []
+    opened = adapters.image._open
+    monkeypatch.setattr(adapters.image, "_open", lambda *args: decoded.append(1) or opened(*args))
+    photo = service.ROOT / "assets/images/chelsea.png"
+    choice = service.choose_checkpoint(photo, "image", catalog(tiny_checkpoints, "image"))
+    assert len(decoded) == 1 and {fit.folder.name for fit in choice.fits} == {"image", "emoji"}
+    assert choice.data == service.encode_file(photo, service.load(choice.folder)[1])
+    clip = service.ROOT / "assets/audio/guit_em9.flac"
+    choice = service.choose_checkpoint(clip, "audio", catalog(tiny_checkpoints, "audio"), max_audio_seconds=0.5)
+    assert choice.folder.name == "audio" and len(choice.data) == 4000
