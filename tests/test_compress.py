@@ -11,7 +11,6 @@ from dataclasses import asdict
 from pathlib import Path
 from unittest import mock
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import model.compress as mbz
-from adapters import Layout, image
+from adapters import image
 from app import service
 from model import load_checkpoint
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from PIL import Image
 
 from adapters import Layout
