@@ -36,7 +36,7 @@ def test_continue_bytes_checks_the_request_then_streams_as_the_model_does():
     how, status = Sampling(temperature=0.9, top_k=50), GenerationStatus()
     made = service.collect(service.continue_bytes(model, b"abc", 30, 3, how, seed=2, status=status))
     assert made == service.collect(stream_bytes(service.decoder(model), b"abc", 30, 3, how, seed=2))
-    assert status.path == "eager, torch's layers, float32" and status.bytes_per_second > 0
+    assert status.path == "eager, torch's layers, sampling in torch, float32" and status.bytes_per_second > 0
 
 
 def test_work_past_its_budget_is_stopped_with_one_sentence(monkeypatch):
