@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from adapters import AdapterError
 from adapters.checkpoints import load_for
 from bench.compression import BenchError, markdown_table, write_atomically
 from bench.mbz import xz
+from bench.provenance import measured_line
 from model import CheckpointError, score
-from model.hardware import bf16_faster, machine_description
+from model.hardware import bf16_faster
 
 TEXT_SOURCES = "bible,shakespeare,milton,debian-reference,debian-policy,developers-reference,gnu-standards"
 
@@ -327,11 +327,7 @@ def main(argv=None):
         sys.exit(f"bench.context: {e}")
     if not results:
         sys.exit(f"bench.context: no dataset has both of its checkpoints ({'; '.join(missing)}).")
-    minutes, rest = divmod(round(time.perf_counter() - clock), 60)
-    command = " ".join(["python -m bench.context", *(argv if argv is not None else sys.argv[1:])])
-    machine = (f"Measured {started:%Y-%m-%d %H:%M} UTC in {minutes} min {rest} s by `{command}` on "
-               f"{machine_description(device)}; {platform.system()} {platform.release()}, "
-               f"Python {platform.python_version()}, torch {torch.__version__}.")
+    machine = measured_line("bench.context", started, time.perf_counter() - clock, argv, device)
     figure = args.out.with_name("context.png")
     figure.parent.mkdir(parents=True, exist_ok=True)
     chart(results, figure)

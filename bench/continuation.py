@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from adapters import AdapterError, Layout, audio
 from adapters.checkpoints import load_for
+from bench.provenance import measured_line
 from model import CheckpointError, Sampling, generate
-from model.hardware import machine_description
 
 PROMPT_SECONDS = 2.0
 CONTINUE_SECONDS = 1.0
@@ -170,11 +170,8 @@ def main(argv=None):
     if not results:
         sys.exit(f"bench.continuation: no melody or audio checkpoint in {args.checkpoints} could be measured"
                  + (f" ({used[-1][2:]})" if used else "."))
-    minutes, rest = divmod(round(time.perf_counter() - clock), 60)
-    command = " ".join(["python -m bench.continuation", *(argv if argv is not None else sys.argv[1:])])
     lines = ["# Audio continuation: does it continue the music?", "",
-             f"Measured {started:%Y-%m-%d %H:%M} UTC in {minutes} min {rest} s by `{command}` on "
-             f"{machine_description()}.", "",
+             measured_line("bench.continuation", started, time.perf_counter() - clock, argv), "",
              f"Each clip: a {args.prompt_seconds:g} s prompt ({START_SECONDS:g} s into the tune when it is long enough), "
              f"continued for {CONTINUE_SECONDS:g} s drawing by {sampling.describe()}, seed {args.seed}; compared with "
              "the prompt's last "

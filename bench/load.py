@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import random
 import re
 import shutil
@@ -40,14 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 import model.compress as mbz
 from bench.compression import markdown_table, write_atomically
-from model.hardware import machine_description
+from bench.provenance import measured_line
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -568,11 +566,7 @@ def main(argv=None) -> Result:
         result = soak(args.checkpoints, clients, seconds, args.eager, work)
     except LoadError as e:
         sys.exit(f"bench.load: {e}")
-    minutes, rest = divmod(round(time.perf_counter() - clock), 60)
-    command = " ".join(["python -m bench.load", *(argv if argv is not None else sys.argv[1:])])
-    machine = (f"Measured {started:%Y-%m-%d %H:%M} UTC in {minutes} min {rest} s by `{command}` on "
-               f"{machine_description()}; {platform.system()} {platform.release()}, "
-               f"Python {platform.python_version()}, torch {torch.__version__}.")
+    machine = measured_line("bench.load", started, time.perf_counter() - clock, argv)
     served = args.checkpoints or ROOT / "checkpoints"
     names = ", ".join(sorted(folder.name for folder in served.iterdir() if (folder / "config.json").is_file()))
     write_atomically(args.out, report(result, machine, f"`{args.checkpoints or 'checkpoints'}` ({names})"))

@@ -41,9 +41,9 @@ from bench import compression, continuation
 from bench.compression import markdown_table, read_manifest, read_split
 from bench.continuation import PROMPT_SECONDS, START_SECONDS, clips, floats
 from bench.figures import spread
+from bench.provenance import measured_line
 from model import CheckpointError, Sampling, generate
 from model.best_of import RANKINGS, badness, continuation_scores
-from model.hardware import machine_description
 from model.sampling import PerSample
 
 TODAY_NAME, TODAY = "top-p 0.9 (today)", Sampling(top_p=0.9)
@@ -248,11 +248,8 @@ def main(argv=None):
             measured[medium][name] = measure(name, args.checkpoints, args.data, int(testing), size, rules)
     except (compression.BenchError, continuation.BenchError, CheckpointError, AdapterError) as e:
         sys.exit(f"bench.samplers: {e}")
-    minutes, seconds = divmod(round(time.perf_counter() - clock), 60)
-    command = " ".join(["python -m bench.samplers", *(argv if argv is not None else sys.argv[1:])])
     lines = [f"# Sampling rules on the {args.split} split{' (quick)' if args.quick else ''}", "",
-             f"Measured {started:%Y-%m-%d %H:%M} UTC in {minutes} min {seconds} s by `{command}` on "
-             f"{machine_description()}.", "",
+             measured_line("bench.samplers", started, time.perf_counter() - clock, argv), "",
              f"Audio: {size.clips} prompts of {PROMPT_SECONDS:g} s per checkpoint ({START_SECONDS:g} s into each "
              f"tune or clip when it is long enough), each continued for {size.seconds:g} s. Images: {size.images} "
              "per checkpoint, the top half kept. All rules continue each prompt in one batch "
