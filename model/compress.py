@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import recall
 from .hardware import isa
 from .score import Scores
 
@@ -137,10 +138,32 @@ class RangeDecoder:
             self.range <<= 8
 
 
-def cumulative_frequencies(logits: torch.Tensor) -> np.ndarray:
-    """(..., 256) logits -> (..., 257) int64: the integer interval of byte b is [c[b], c[b+1])."""
-    frequencies = (logits.float().softmax(-1) * (1 << FREQUENCY_BITS)).floor().long() + 1
+def cumulative_frequencies(logits: torch.Tensor, recalled: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+    """(..., 256) logits -> (..., 257) int64: the integer interval of byte b is [c[b], c[b+1]).
+    `recalled`: recall's (predicted, weight), each (...), mixed in (model.recall.mix)."""
+    probs = logits.float().softmax(-1)
+    if recalled is not None:
+        probs = recall.mix(probs, *recalled)
+    frequencies = (probs * (1 << FREQUENCY_BITS)).floor().long() + 1
     return F.pad(frequencies.cumsum(-1), (1, 0)).cpu().numpy()
+
+
+def planned_recall(model, rows: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Recall's (predicted, weight), each (S, L), for rows whose bytes are known (model.recall.plan
+    on each row; -1 and 0 past its length), or None for a model without recall."""
+    orders = model.config.recall
+    if not orders:
+        return None
+    predicted, weight = torch.full(rows.shape, -1), torch.zeros(rows.shape)
+    for s, length in enumerate(lengths.tolist()):
+        row_predicted, row_weight = recall.plan(rows[s, :length].numpy().astype(np.uint8), orders, model.context)
+        predicted[s, :length], weight[s, :length] = torch.from_numpy(row_predicted), torch.from_numpy(row_weight)
+    return predicted, weight
+
+
+def position_slice(recalled, position: int, m: int):
+    """Recall's (predicted, weight) for positions position..position + m of every row, or None."""
+    return None if recalled is None else tuple(a[:, position : position + m] for a in recalled)
 
 
 # The model, a patch at a time, identical at both ends.
@@ -293,9 +316,10 @@ def compress(model, data: bytes, checkpoint_sha256: str, layout: dict, checkpoin
     if data:
         rows, lengths = split_rows(data, segments, model.patch_size)
         valid = lengths.tolist()
+        recalled = planned_recall(model, rows, lengths)
 
         def encode(logits, position):
-            frequencies = cumulative_frequencies(logits)  # (S, P, 257)
+            frequencies = cumulative_frequencies(logits, position_slice(recalled, position, logits.shape[1]))  # (S, P, 257)
             x = rows[:, position : position + logits.shape[1], None].numpy()
             starts = np.take_along_axis(frequencies, x, -1)[..., 0].T.tolist()  # (P, S): position, then row
             ends = np.take_along_axis(frequencies, x + 1, -1)[..., 0].T.tolist()
@@ -418,15 +442,21 @@ def decompress(model, blob: bytes, checkpoint_sha256: str, progress: Callable[[i
     if n:
         decoder = RangeDecoder(blob[len(blob) - header["payload_bytes"] :])
         valid = lengths.tolist()
+        orders = model.config.recall
+        recallers = [recall.Recaller(orders, model.context) for _ in valid] if orders else []
 
         def decode(logits, position):
-            frequencies = cumulative_frequencies(logits[:, 0])
+            guesses = [recaller.predict() for recaller in recallers]
+            recalled = (torch.tensor([g[0] for g in guesses]), torch.tensor([g[1] for g in guesses])) if orders else None
+            frequencies = cumulative_frequencies(logits[:, 0], recalled)
             out = np.zeros((len(frequencies), 1), np.int64)
             for s, row in enumerate(frequencies):
                 if position < valid[s]:
                     symbol = int(np.searchsorted(row, decoder.target(int(row[-1])), side="right")) - 1
                     decoder.consume(int(row[symbol]), int(row[symbol + 1] - row[symbol]))
                     out[s] = symbol
+                    if recallers:
+                        recallers[s].push(symbol)
             return torch.from_numpy(out).to(device)
 
         rows = rows.to(device)
@@ -451,10 +481,13 @@ def coded_scores(model, data: bytes, adapt: Adaptation | None = None,
     rows, lengths = split_rows(data, segments, model.patch_size)
     per_row, device = -(-n // segments), next(model.parameters()).device
     valid = lengths.tolist()
+    recalled = planned_recall(model, rows, lengths)
 
     def measure(logits, position):
         m = logits.shape[1]
         logp = logits.float().log_softmax(-1)
+        if recalled is not None:
+            logp = recall.mix(logp.exp(), *position_slice(recalled, position, m)).log()
         bits = (-logp.gather(-1, rows[:, position : position + m, None].to(device))[..., 0] / np.log(2)).cpu()
         spread = (-(logp.exp() * logp).sum(-1) / np.log(2)).cpu()
         for s in range(len(bits)):

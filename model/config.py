@@ -40,6 +40,10 @@ class MegaByteConfig:
     (max_bytes * byte_dim parameters, 4M at 128 KB); "rotary" learns one vector per
     place inside a patch and gives the global model rotary positions over patches, so
     its size does not grow with the context.
+
+    `recall`: the orders of model.recall's match model, mixed into every prediction (scoring,
+    coding, generation), or () for none; it has no weights, so it can be turned on for a
+    trained checkpoint in its config.json.
     """
 
     kind = "megabyte"
@@ -53,13 +57,20 @@ class MegaByteConfig:
     max_bytes: int = 8192
     mlp_ratio: int = 4
     positions: str = "learned"
+    recall: tuple[int, ...] = ()
 
     @property
     def global_dim(self) -> int:
         return self.patch_size * self.byte_dim
 
     def __post_init__(self):
-        _check_positive(self, [f.name for f in dataclasses.fields(self) if f.name != "positions"])
+        _check_positive(self, [f.name for f in dataclasses.fields(self) if f.name not in ("positions", "recall")])
+        if not isinstance(self.recall, (list, tuple)) or not all(
+                isinstance(k, int) and not isinstance(k, bool) and 0 < k < self.max_bytes for k in self.recall):
+            raise ConfigError(f"recall must be a list of orders between 1 and max_bytes, not {self.recall!r}.")
+        if list(self.recall) != sorted(set(self.recall)):
+            raise ConfigError(f"recall's orders must be increasing, not {list(self.recall)!r}.")
+        object.__setattr__(self, "recall", tuple(self.recall))  # config.json has a list
         if self.positions not in POSITIONS:
             raise ConfigError(f"positions must be one of {', '.join(POSITIONS)}, not {self.positions!r}.")
         if self.positions == "rotary" and (self.global_dim // self.global_heads) % 2:
@@ -73,7 +84,10 @@ class MegaByteConfig:
         _check_heads("local_dim", self.local_dim, "local_heads", self.local_heads)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        d = {"kind": self.kind, **dataclasses.asdict(self), "recall": list(self.recall)}
+        if not self.recall:  # the configs written before recall existed stay byte for byte as they were
+            del d["recall"]
+        return d
 
 
 @dataclass(frozen=True)

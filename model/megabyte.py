@@ -165,19 +165,25 @@ class MegaByte(nn.Module):
                 state._replace(length=length))
 
     def patch_step(self, logits: torch.Tensor, state: MegaByteState, uniform: torch.Tensor, knobs: torch.Tensor,
-                   fused: bool = False, fused_sampling: bool = False):
+                   fused: bool = False, fused_sampling: bool = False, forced: torch.Tensor | None = None):
         """The hot step of generation, at a patch boundary, a function of tensors only
         (compile_decoding compiles it): P local steps, each drawing a byte with its uniform
         number from `uniform` (B, P), then one global step over the finished patch. Python runs
         once per patch instead of once per byte. `fused_sampling`: the P local steps and their
         draws as one C++ call (model.fused_step.local_patch; the rules in sampling.CXX_RULES
-        only). -> (patch (B, P), next logits, state)."""
+        only). `forced` (B, P): the bytes that replace the drawn ones where not -1 (recalled
+        patches, model.generate), whatever the local model drew there. -> (patch (B, P), next
+        logits, state)."""
         if fused_sampling:
             patch = fused_step.local_patch(self, logits, state.from_global, state.local_cache, uniform, knobs)
+            if forced is not None:
+                patch = torch.where(forced >= 0, forced, patch)
         else:
             chosen = []
             for inside in range(self.patch_size):
                 chosen.append(sample(logits, knobs, uniform[:, inside]))
+                if forced is not None:
+                    chosen[-1] = torch.where(forced[:, inside] >= 0, forced[:, inside], chosen[-1])
                 if inside + 1 < self.patch_size:
                     logits = self.next_in_patch(chosen[-1], state.from_global, inside + 1, state.local_cache, fused)
             patch = torch.stack(chosen, 1)
@@ -232,9 +238,11 @@ class FlatTransformer(nn.Module):
         return logits, state._replace(length=length)
 
     def patch_step(self, logits: torch.Tensor, state: FlatState, uniform: torch.Tensor, knobs: torch.Tensor,
-                   fused: bool = False, fused_sampling: bool = False):
+                   fused: bool = False, fused_sampling: bool = False, forced: torch.Tensor | None = None):
         """Samples one byte (a patch of this model) and steps past it; as MegaByte.patch_step."""
         byte = (fused_step.sample if fused_sampling else sample)(logits, knobs, uniform[:, 0])
+        if forced is not None:
+            byte = torch.where(forced[:, 0] >= 0, forced[:, 0], byte)
         logits, state = self.decode_one(byte, state, fused)
         return byte[:, None], logits, state
 

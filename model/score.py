@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import recall
+
 
 @dataclass
 class Scores:
@@ -64,7 +66,9 @@ def score(
     compiled: Callable | None = None,
 ) -> Scores:
     """Scores every byte of `data`; memory grows with batch·window, not with the input.
-    `compiled` (from compile_scoring(model)) runs the batches of `batch` whole windows."""
+    `compiled` (from compile_scoring(model)) runs the batches of `batch` whole windows.
+    A model whose config has recall orders (model.recall) predicts with recall mixed in, its
+    lookback the model's context."""
     p = model.patch_size
     window = window or model.context
     if window % (2 * p) or window > model.context:
@@ -80,6 +84,9 @@ def score(
         return Scores(surprisal, entropy, top_bytes, top_probs)
     plan = window_plan(n, window)
     length = math.ceil(min(n, window) / p) * p
+    orders = getattr(model.config, "recall", ())
+    if orders:  # from the bytes alone, so the whole input at once
+        predicted, weight = (torch.from_numpy(a) for a in recall.plan(data, orders, model.context))
     done = 0
     for i in range(0, len(plan), batch):
         group = plan[i : i + batch]
@@ -93,6 +100,8 @@ def score(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = forward(rows, predict_from=skip)
         logp = logits.float().log_softmax(-1)
+        if orders:
+            logp = recalled(logp, predicted, weight, group, skip)
         bits = (-logp.gather(-1, rows[:, skip:, None])[..., 0] / math.log(2)).cpu().numpy()
         ent = (-(logp.exp() * logp).sum(-1) / math.log(2)).cpu().numpy()
         if top:
@@ -109,6 +118,16 @@ def score(
         if progress:
             progress(done, n)
     return Scores(surprisal, entropy, top_bytes, top_probs)
+
+
+def recalled(logp: torch.Tensor, predicted: torch.Tensor, weight: torch.Tensor, group, skip: int) -> torch.Tensor:
+    """The windows' log-probabilities (W, L, 256), predicting bytes start + skip.. of each
+    window in `group`, with recall's predictions for the whole input mixed in."""
+    where = torch.stack([torch.arange(start + skip, start + skip + logp.shape[1]) for start, _, _ in group])
+    inside = where < len(predicted)
+    where = where.clamp(max=len(predicted) - 1)
+    return recall.mix(logp.exp(), torch.where(inside, predicted[where], -1),
+                      torch.where(inside, weight[where], 0.0)).log()
 
 
 def strided_score(model, data: bytes, **options) -> Scores:
