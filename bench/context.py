@@ -34,6 +34,7 @@ from bench.mbz import xz
 from bench.provenance import measured_line
 from model import CheckpointError, score
 from model.hardware import bf16_faster
+from model.recall import mixed_surprisal
 
 TEXT_SOURCES = "bible,shakespeare,milton,debian-reference,debian-policy,developers-reference,gnu-standards"
 
@@ -56,7 +57,7 @@ DATASETS = {
                     f"python -m training.data text --out data/text_long --sources {TEXT_SOURCES}"),
 }
 MODELS = ("short", "long")
-COLUMNS = (*MODELS, "xz -9e")
+RECALLED = " + recall"  # a model's column with its recall (model.recall) mixed in, where its config has it
 XZ_DRAWN_FROM = 64  # xz's output is whole bytes after a fixed overhead: the figure draws it from here on
 QUICK_DOCUMENTS = 3  # --quick: the longest few documents of each dataset,
 QUICK_BYTES = 1 << 17  # each cut to its first 128 KiB: the long melody context, twice the long text one
@@ -73,12 +74,24 @@ class Measured:
     edges: list[int]  # bin i holds positions edges[i] .. edges[i + 1] - 1
     counts: np.ndarray  # bytes in each bin, over all documents
     bits: dict[str, np.ndarray]  # column -> bits in each bin, over all documents
-    surprisal: dict[str, list[np.ndarray]]  # "short"/"long" -> each document's per-byte bits
+    surprisal: dict[str, list[np.ndarray]]  # "short"/"long" (+ RECALLED) -> each document's per-byte bits
     xz_whole: float  # bits of xz on each whole document on its own, headers included, summed
 
     @property
     def total(self) -> int:
         return int(self.counts.sum())
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.surprisal, "xz -9e"]
+
+    def shipped(self, model: str) -> str:
+        """The column of a checkpoint as it predicts in the app: with its recall, where it has one."""
+        return model + RECALLED if model + RECALLED in self.surprisal else model
+
+    def label(self, column: str) -> str:
+        model = column.removesuffix(RECALLED)
+        return f"{model} ({self.contexts[model]:,}){column[len(model):]}" if model in self.contexts else column
 
 
 def bin_edges(context: int, longest: int) -> list[int]:
@@ -132,13 +145,14 @@ def read_documents(data: Path, dataset: Dataset, count: int | None, limit: int |
 
 
 def scored(model, documents: list[bytes], label: str, bf16: bool) -> list[np.ndarray]:
-    """score() of each document whole, with the checkpoint's whole context, a window at a time: a
-    131,072-byte window's logits alone take 0.5 GB, and on a CPU four at a time were slower, not faster."""
+    """score() of each document whole by the neural model alone, with the checkpoint's whole
+    context, a window at a time: a 131,072-byte window's logits alone take 0.5 GB, and on a CPU
+    four at a time were slower, not faster."""
     surprisal = []
     with tqdm(total=sum(map(len, documents)), desc=label, unit="B", unit_scale=True) as bar:
         for document in documents:
             start = bar.n
-            surprisal.append(score(model, document, batch=1, bf16=bf16,
+            surprisal.append(score(model, document, batch=1, bf16=bf16, recall=False,
                                    progress=lambda done, _: bar.update(start + done - bar.n)).surprisal)
     return surprisal
 
@@ -147,7 +161,12 @@ def measure(name: str, used: str, documents: list[bytes], models: dict, bf16: bo
     """Every column's bits in each position bin of the long model's context, over `documents`;
     models: "short"/"long" -> model."""
     edges = bin_edges(models["long"].context, max(map(len, documents)))
-    surprisal = {key: scored(model, documents, f"{name}: {key} model", bf16) for key, model in models.items()}
+    surprisal = {}
+    for key, model in models.items():
+        surprisal[key] = scored(model, documents, f"{name}: {key} model", bf16)
+        if orders := model.config.recall:  # the same scores with recall mixed in, as the app predicts
+            surprisal[key + RECALLED] = [mixed_surprisal(s, d, orders, model.context)
+                                         for s, d in zip(surprisal[key], documents)]
     before = {key: [model_bits_before(s, edges) for s in per_document] for key, per_document in surprisal.items()}
     before["xz -9e"] = [xz_bits_before(d, edges) for d in tqdm(documents, desc=f"{name}: xz with history")]
     counts = sum(np.diff(clipped(edges, len(d))) for d in documents)
@@ -163,15 +182,14 @@ def bin_label(start: int, end: int) -> str:
 
 def table(measured: Measured) -> str:
     """Rows: the position bins, then all positions; columns: bits per byte of each model and xz."""
-    header = ["position (bytes before)", "bytes", f"short ({measured.contexts['short']:,})",
-              f"long ({measured.contexts['long']:,})", "xz -9e"]
+    header = ["position (bytes before)", "bytes", *map(measured.label, measured.columns)]
     cells = []
     for i, (start, end) in enumerate(zip(measured.edges, measured.edges[1:])):
         label = bin_label(start, end) + (" (beyond the long context)" if start >= measured.contexts["long"] else "")
         cells.append([label, f"{measured.counts[i]:,}",
-                      *(f"{measured.bits[c][i] / measured.counts[i]:.3f}" for c in COLUMNS)])
+                      *(f"{measured.bits[c][i] / measured.counts[i]:.3f}" for c in measured.columns)])
     cells.append(["all", f"{measured.total:,}",
-                  *(f"**{measured.bits[c].sum() / measured.total:.3f}**" for c in COLUMNS)])
+                  *(f"**{measured.bits[c].sum() / measured.total:.3f}**" for c in measured.columns)])
     return markdown_table(header, cells)
 
 
@@ -185,22 +203,28 @@ def target_row(what: str, measured: float, against: float, target: float, stretc
 
 
 def targets_table(results: dict[str, Measured]) -> str:
-    """The issue's targets that this benchmark measures, each beside its measured ratio."""
+    """The issue's targets that this benchmark measures, each beside its measured ratio: for the
+    long checkpoint as the app predicts (with recall where it has it), then for its neural model
+    alone where that differs."""
     rows = []
     if melody := results.get("melody"):
-        long, short = melody.surprisal["long"], melody.surprisal["short"]
-        rows += [
-            target_row("melody test tunes scored whole: the long model / xz on each whole tune",
-                       bits_per_byte_between(long, 0), melody.xz_whole / melody.total, 1.0, 0.6),
-            target_row("melody: the long model / the short one on the same whole tunes",
-                       bits_per_byte_between(long, 0), bits_per_byte_between(short, 0), 0.75),
-            target_row("melody, long model: bits per byte after position 8,192 / before 4,096",
-                       bits_per_byte_between(long, 8192), bits_per_byte_between(long, 0, 4096), 0.8),
-        ]
+        for key in dict.fromkeys([melody.shipped("long"), "long"]):
+            short_key = melody.shipped("short") if key.endswith(RECALLED) else "short"
+            long, short = melody.surprisal[key], melody.surprisal[short_key]
+            named = melody.label(key)
+            rows += [
+                target_row(f"melody test tunes scored whole: {named} / xz on each whole tune",
+                           bits_per_byte_between(long, 0), melody.xz_whole / melody.total, 1.0, 0.6),
+                target_row(f"melody: {named} / {melody.label(short_key)} on the same whole tunes",
+                           bits_per_byte_between(long, 0), bits_per_byte_between(short, 0), 0.75),
+                target_row(f"melody, {named}: bits per byte after position 8,192 / before 4,096",
+                           bits_per_byte_between(long, 8192), bits_per_byte_between(long, 0, 4096), 0.8),
+            ]
     if text := results.get("text"):
-        long = text.surprisal["long"]
-        rows.append(target_row("long text, long model: bits per byte after position 8,192 / before 2,048",
-                               bits_per_byte_between(long, 8192), bits_per_byte_between(long, 0, 2048), 0.95))
+        for key in dict.fromkeys([text.shipped("long"), "long"]):
+            long = text.surprisal[key]
+            rows.append(target_row(f"long text, {text.label(key)}: bits per byte after position 8,192 / before 2,048",
+                                   bits_per_byte_between(long, 8192), bits_per_byte_between(long, 0, 2048), 0.95))
     return markdown_table(["what", "measured", "target", "met"], rows)
 
 
@@ -209,16 +233,17 @@ def chart(results: dict[str, Measured], out: Path):
     fig = Figure(figsize=(max(7.0, 6.5 * len(results)), 5))
     for ax, measured in zip(fig.subplots(1, len(results), squeeze=False)[0], results.values()):
         middles = np.array([(start + end) / 2 for start, end in zip(measured.edges, measured.edges[1:])])
-        per_byte = {column: measured.bits[column] / measured.counts for column in COLUMNS}
-        for key, style in zip(MODELS, ("o-", "s-")):
-            ax.plot(middles, per_byte[key], style, label=f"{key} ({measured.contexts[key]:,}-byte context)")
+        per_byte = {column: measured.bits[column] / measured.counts for column in measured.columns}
+        models = measured.columns[:-1]
+        for key, style in zip(models, ("o-", "s-", "o--", "s--")):
+            ax.plot(middles, per_byte[key], style, label=measured.label(key).replace(")", "-byte context)"))
         drawn = np.array(measured.edges[:-1]) >= XZ_DRAWN_FROM
         ax.plot(middles[drawn], per_byte["xz -9e"][drawn], "^--", label=f"xz -9e, same history (from {XZ_DRAWN_FROM})")
         for key in MODELS:
             ax.axvline(measured.contexts[key], color="grey", linestyle=":", linewidth=1)
             ax.annotate(f"{key} context", (measured.contexts[key], 0.02), xycoords=("data", "axes fraction"),
                         rotation=90, ha="right", va="bottom", fontsize=8, color="grey")
-        top = max(*(per_byte[key].max() for key in MODELS), per_byte["xz -9e"][drawn].max(initial=0))
+        top = max(*(per_byte[key].max() for key in models), per_byte["xz -9e"][drawn].max(initial=0))
         ax.set_ylim(0, max(9.0, 1.05 * top))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("position in the document (bytes before the byte), log scale")
@@ -244,7 +269,8 @@ def report(results: dict[str, Measured], checkpoints: list[str], missing: list[s
         "size of xz(doc[:a])), lzma preset 9 | PRESET_EXTREME. Its first bin is far above 8 bits (an xz stream "
         f"of one byte is {len(xz(b'x')) - len(xz(b''))} bytes longer than an empty one) and the next few are "
         f"whole bytes (0 or 8 bits), so the figure draws xz from position {XZ_DRAWN_FROM} on. "
-        "Bits per byte, lower is better.",
+        "Bits per byte, lower is better. *+ recall*: the same scores with the checkpoint's recall "
+        "(`model.recall`, a match model over its context) mixed in, as the app and `.mbz` predict.",
         "",
         f"![bits per byte by position in the context]({figure})",
         "",

@@ -152,6 +152,15 @@ class Recaller:
             self.follow += 1
 
 
+def mixed_surprisal(surprisal: np.ndarray, data: bytes, orders: tuple[int, ...], lookback: int) -> np.ndarray:
+    """Bits per byte with recall mixed in, from the neural model's own (score(..., recall=False)):
+    the mixture's probability of the byte that came needs only the model's probability of it.
+    Equal to score()'s with recall but for float rounding."""
+    predicted, weight = plan(data, orders, lookback)
+    came = predicted == np.frombuffer(data, np.uint8)
+    return -np.log2((1 - weight) * np.exp2(-surprisal.astype(np.float64)) + weight * came)
+
+
 def mix(probs: torch.Tensor, predicted: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """(1 − weight)·probs + weight·onehot(predicted) over the last axis; probs (..., 256),
     predicted (...) long (-1: none, where weight is 0), weight (...) float32."""

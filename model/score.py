@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import recall
+from . import recall as recall_model
 
 
 @dataclass
@@ -64,11 +64,12 @@ def score(
     bf16: bool = False,
     progress: Callable[[int, int], None] | None = None,
     compiled: Callable | None = None,
+    recall: bool = True,
 ) -> Scores:
     """Scores every byte of `data`; memory grows with batch·window, not with the input.
     `compiled` (from compile_scoring(model)) runs the batches of `batch` whole windows.
     A model whose config has recall orders (model.recall) predicts with recall mixed in, its
-    lookback the model's context."""
+    lookback the model's context; `recall=False`: the neural model alone."""
     p = model.patch_size
     window = window or model.context
     if window % (2 * p) or window > model.context:
@@ -84,9 +85,9 @@ def score(
         return Scores(surprisal, entropy, top_bytes, top_probs)
     plan = window_plan(n, window)
     length = math.ceil(min(n, window) / p) * p
-    orders = getattr(model.config, "recall", ())
+    orders = getattr(model.config, "recall", ()) if recall else ()
     if orders:  # from the bytes alone, so the whole input at once
-        predicted, weight = (torch.from_numpy(a) for a in recall.plan(data, orders, model.context))
+        predicted, weight = (torch.from_numpy(a) for a in recall_model.plan(data, orders, model.context))
     done = 0
     for i in range(0, len(plan), batch):
         group = plan[i : i + batch]
@@ -126,7 +127,7 @@ def recalled(logp: torch.Tensor, predicted: torch.Tensor, weight: torch.Tensor, 
     where = torch.stack([torch.arange(start + skip, start + skip + logp.shape[1]) for start, _, _ in group])
     inside = where < len(predicted)
     where = where.clamp(max=len(predicted) - 1)
-    return recall.mix(logp.exp(), torch.where(inside, predicted[where], -1),
+    return recall_model.mix(logp.exp(), torch.where(inside, predicted[where], -1),
                       torch.where(inside, weight[where], 0.0)).log()
 
 

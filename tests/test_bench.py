@@ -318,12 +318,13 @@ def test_context_bench_tables_bins_and_targets(tiny_checkpoints, tmp_path, capsy
     checkpoints.mkdir()
     (checkpoints / "melody").symlink_to(tiny_checkpoints / "audio")  # context 1,024
     (checkpoints / "text").symlink_to(tiny_checkpoints / "text")  # context 512
-    for name, layout, size in (("melody_long", {"modality": "audio", "sample_rate": 8000}, 2048),
-                               ("text_long", {"modality": "text"}, 1024)):
+    for name, layout, size, recall in (("melody_long", {"modality": "audio", "sample_rate": 8000}, 2048, (4, 8)),
+                                       ("text_long", {"modality": "text"}, 1024, ())):
         config = MegaByteConfig(patch_size=4, byte_dim=8, global_layers=1, global_heads=1, local_dim=16,
-                                local_layers=1, local_heads=1, max_bytes=size, positions="rotary")
+                                local_layers=1, local_heads=1, max_bytes=size, positions="rotary", recall=recall)
         save_checkpoint(checkpoints / name, build_model(config), layout)
-    tunes = [mu_law_tone(440, 0.375), mu_law_tone(220, 0.2)]  # 3,000 and 1,600 bytes
+    # 3,000 and 1,600 bytes, each a noisy note played five times, sample for sample, as rendered tunes repeat
+    tunes = [mu_law_tone(440, 0.075) * 5, mu_law_tone(220, 0.04) * 5]
     write_split(tmp_path / "data" / "melody", "test", tunes, {})
     write_split(tmp_path / "data" / "text_long", "val", [b"In the beginning. " * 70, b"And God said. " * 30], {})
     out = tmp_path / "results" / "context.md"
@@ -338,17 +339,20 @@ def test_context_bench_tables_bins_and_targets(tiny_checkpoints, tmp_path, capsy
     assert melody["1,024–2,047"]["bytes"] == "1,600"
     assert melody["2,048–2,999 (beyond the long context)"]["bytes"] == "952"
     assert melody["all"]["bytes"] == "4,600"
-    assert list(melody["all"])[2:] == ["short (1,024)", "long (2,048)", "xz -9e"]
+    assert list(melody["all"])[2:] == ["short (1,024)", "long (2,048)", "long (2,048) + recall", "xz -9e"]
+    # recall spends fewer bits on the notes played again
+    assert float(melody["all"]["long (2,048) + recall"].strip("*")) < float(melody["all"]["long (2,048)"].strip("*"))
     short, _ = load_for("audio", checkpoints / "melody")
     whole = sum(score(short, t).surprisal.sum(dtype=np.float64) for t in tunes) / 4600
     assert float(melody["all"]["short (1,024)"].strip("*")) == pytest.approx(whole, abs=0.01)  # bf16 where faster
     text = read_table(report, "## text: held-out long documents")
     assert list(text)[-3:] == ["512–1,023", "1,024–1,259 (beyond the long context)", "all"]
     targets = read_table(report, "## Targets")
-    assert len(targets) == 4 and all(row["met"] in ("yes", "no") for row in list(targets.values())[:2])
+    # the long melody checkpoint with its recall, then alone; the long text one has no recall
+    assert len(targets) == 7 and all(row["met"] in ("yes", "no") for i, row in enumerate(targets.values()) if i in (0, 1, 3, 4))
     # no document reaches position 8,192: those ratios are not made up
-    assert [row["measured"] for row in targets.values()][2:] == ["– (no bytes there)"] * 2
-    over_xz = targets["melody test tunes scored whole: the long model / xz on each whole tune"]["measured"]
+    assert [row["measured"] for i, row in enumerate(targets.values()) if i in (2, 5, 6)] == ["– (no bytes there)"] * 3
+    over_xz = targets["melody test tunes scored whole: long (2,048) + recall / xz on each whole tune"]["measured"]
     xz_whole = 8 * sum(len(xz(t)) for t in tunes) / 4600
     assert over_xz.endswith(f" / {xz_whole:.3f} bits per byte)")
 
