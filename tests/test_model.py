@@ -19,6 +19,7 @@ from model import (
     score, stream_bytes,
 )
 from model import fused_step
+from model.layers import Transformer
 from model.sampling import sample
 from model.score import window_plan
 
@@ -230,6 +231,42 @@ def test_the_fused_step_writes_the_caches_torch_writes(config, dtype, tolerance,
     for torch_made, fused_made in zip(results[False], results[True]):
         scale = torch_made.abs().max().clamp_min(1).item()
         torch.testing.assert_close(fused_made, torch_made, atol=tolerance * scale, rtol=tolerance)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+def test_the_fused_step_attends_over_a_long_cache_as_torch_does(dtype, tolerance):
+    """The C++ step against torch's layers over caches long enough for its attention to run on
+    torch's threads, in the vector kernel for heads 64 and 16 wide and in the plain loop for 24:
+    rotary positions, a batch of two, random keys and values at 0..332 and the new one at 333,
+    the cache's last position, in a last block of 14. The same outputs and caches, within
+    rounding, and the same floats on one thread as on two."""
+    assert fused_step.build()
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    for width, heads in [(128, 2), (64, 4), (48, 2)]:
+        transformer = Transformer(width, 2, heads, 4, rotary=True).eval().to(dtype)
+        cache = transformer.empty_cache(2, 334, dtype, "cpu")
+        for keys, values in cache:
+            keys.normal_()
+            values.normal_()
+        x, position = torch.randn(2, 1, width).to(dtype), torch.tensor([333])
+        results = {}
+        try:
+            for how in ("torch", 1, 2):
+                copied = [(keys.clone(), values.clone()) for keys, values in cache]
+                with torch.no_grad():
+                    if how == "torch":
+                        out = transformer(x, copied, position)
+                    else:
+                        torch.set_num_threads(how)
+                        out = fused_step.transformer_step(transformer, x, position, copied)
+                results[how] = [out] + [t for pair in copied for t in pair]
+        finally:
+            torch.set_num_threads(threads)
+        for torch_made, fused_made in zip(results["torch"], results[2]):
+            scale = torch_made.abs().max().clamp_min(1).item()
+            torch.testing.assert_close(fused_made, torch_made, atol=tolerance * scale, rtol=tolerance)
+        assert all(torch.equal(one, two) for one, two in zip(results[1], results[2]))
 
 
 @pytest.mark.parametrize("config", [TINY, ODD, ROTARY], ids=["tiny", "odd", "rotary"])
