@@ -5,12 +5,15 @@ default sampling, a fixed seed); the continuation is compared with the prompt's 
 spectral flatness (noise is flat), similarity of the average log-power spectra, and loudness
 drift (RMS of the continuation over RMS of the prompt's last second). Reference rows are
 computed the same way: the real next second (the ceiling) and white noise at the prompt's
-loudness (the floor). Writes bench/results/continuation.md.
+loudness (the floor). A checkpoint with recall (model.recall) is measured twice: as the app
+continues (recall copying what followed the prompt's tail earlier in the tune) and by its neural
+model alone. Writes bench/results/continuation.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -67,6 +70,13 @@ def clips(folder: Path, split: str, layout: Layout, count: int, prompt_seconds: 
         out.append({"name": f.get("tune") or f.get("path") or str(f["offset"]), "instrument": f.get("instrument", "–"),
                     "prompt": data[begin : begin + prompt], "real": data[begin + prompt : begin + prompt + follow]})
     return out
+
+
+def without_recall(model):
+    """The same model (its weights shared) with its recall turned off."""
+    alone = copy.copy(model)
+    alone.config = replace(model.config, recall=())
+    return alone
 
 
 def measure(model, layout: Layout, clip: dict, sampling: Sampling, seed: int) -> dict[str, dict]:
@@ -163,8 +173,12 @@ def main(argv=None):
             if not chosen:
                 raise BenchError(f"{args.data / data_name}/{split}.bin holds no clip of {args.prompt_seconds + CONTINUE_SECONDS:g} s.")
             used.append(f"- `{folder}` on {len(chosen)} {what} from `{args.data / data_name}/{split}.bin`.")
-            results[name] = [{**c, "metrics": measure(model, layout, c, sampling, args.seed)}
-                             for c in tqdm(chosen, desc=f"{name}: continuing", unit="clip")]
+            variants = {name: model}
+            if getattr(model.config, "recall", ()):
+                variants = {f"{name} (with recall)": model, f"{name} (neural alone)": without_recall(model)}
+            for label, variant in variants.items():
+                results[label] = [{**c, "metrics": measure(variant, layout, c, sampling, args.seed)}
+                                  for c in tqdm(chosen, desc=f"{label}: continuing", unit="clip")]
     except (BenchError, CheckpointError, AdapterError) as e:
         sys.exit(f"bench.continuation: {e}")
     if not results:

@@ -156,7 +156,7 @@ def planned_recall(model, rows: torch.Tensor, lengths: torch.Tensor) -> tuple[to
         return None
     predicted, weight = torch.full(rows.shape, -1), torch.zeros(rows.shape)
     for s, length in enumerate(lengths.tolist()):
-        row_predicted, row_weight = recall.plan(rows[s, :length].numpy().astype(np.uint8), orders, model.context)
+        row_predicted, row_weight = recall.plan(rows[s, :length].numpy().astype(np.uint8), orders)
         predicted[s, :length], weight[s, :length] = torch.from_numpy(row_predicted), torch.from_numpy(row_weight)
     return predicted, weight
 
@@ -443,7 +443,7 @@ def decompress(model, blob: bytes, checkpoint_sha256: str, progress: Callable[[i
         decoder = RangeDecoder(blob[len(blob) - header["payload_bytes"] :])
         valid = lengths.tolist()
         orders = model.config.recall
-        recallers = [recall.Recaller(orders, model.context) for _ in valid] if orders else []
+        recallers = [recall.Recaller(orders) for _ in valid] if orders else []
 
         def decode(logits, position):
             guesses = [recaller.predict() for recaller in recallers]
