@@ -1,7 +1,7 @@
 """Audio continuation as a listener would judge it: `python -m bench.continuation`.
 
 For each held-out tune or clip, the checkpoint continues 1 s after a 2 s prompt (--prompt-seconds; the app's
-default sampling, a fixed seed); the continuation is compared with the prompt's last second:
+default sampling and decoder, Decoder.fastest, eager; a fixed seed); the continuation is compared with the prompt's last second:
 spectral flatness (noise is flat), similarity of the average log-power spectra, and loudness
 drift (RMS of the continuation over RMS of the prompt's last second). Reference rows are
 computed the same way: the real next second (the ceiling) and white noise at the prompt's
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from adapters import AdapterError, Layout, audio
 from adapters.checkpoints import load_for
 from bench.provenance import measured_line
-from model import CheckpointError, Sampling, generate
+from model import CheckpointError, Decoder, Sampling, stream_bytes
 
 PROMPT_SECONDS = 2.0
 CONTINUE_SECONDS = 1.0
@@ -79,11 +79,11 @@ def without_recall(model):
     return alone
 
 
-def measure(model, layout: Layout, clip: dict, sampling: Sampling, seed: int) -> dict[str, dict]:
-    """The metrics of the model's continuation, the real next second and white noise."""
+def measure(decoder: Decoder, layout: Layout, clip: dict, sampling: Sampling, seed: int) -> dict[str, dict]:
+    """The metrics of the continuation made on the app's decoder, the real next second and white noise."""
     follow = audio.seconds_to_bytes(CONTINUE_SECONDS, layout)
     tail = floats(clip["prompt"][-follow:], layout)
-    made = generate(model, clip["prompt"], follow, 1, sampling, seed)[0]
+    made = np.concatenate(list(stream_bytes(decoder, clip["prompt"], follow, 1, sampling, seed)), axis=1)[0].tobytes()
     noise = np.random.default_rng(seed).standard_normal(follow) * np.sqrt(np.mean(tail**2))
     return {"model": audio.continuation_metrics(tail, floats(made, layout)),
             "real next second": audio.continuation_metrics(tail, floats(clip["real"], layout)),
@@ -177,7 +177,8 @@ def main(argv=None):
             if getattr(model.config, "recall", ()):
                 variants = {f"{name} (with recall)": model, f"{name} (neural alone)": without_recall(model)}
             for label, variant in variants.items():
-                results[label] = [{**c, "metrics": measure(variant, layout, c, sampling, args.seed)}
+                decoder = Decoder.fastest(variant)  # as the app decodes, eagerly: the fused C++ step where it builds
+                results[label] = [{**c, "metrics": measure(decoder, layout, c, sampling, args.seed)}
                                   for c in tqdm(chosen, desc=f"{label}: continuing", unit="clip")]
     except (BenchError, CheckpointError, AdapterError) as e:
         sys.exit(f"bench.continuation: {e}")

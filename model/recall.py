@@ -99,8 +99,9 @@ class Recaller:
         self.orders, self.lookback = orders, lookback
         self.powers = [pow(MULTIPLIER, k, 1 << 64) for k in orders]
         self.shift = 64 - slot_bits(lookback)
-        # per order, per slot: the latest position written there (-1: none) and its hash
-        self.positions = np.full((len(orders), 1 << slot_bits(lookback)), -1, np.int32)
+        # per order, per slot: the latest position written there and its hash. A position is at
+        # least its order, so 0 means none, and the zeroed tables take memory only where written.
+        self.positions = np.zeros((len(orders), 1 << slot_bits(lookback)), np.int32)
         self.hashes = np.zeros((len(orders), 1 << slot_bits(lookback)), np.uint64)
         self.hits, self.tries = [0] * len(orders), [0] * len(orders)
         self.prefix = deque([0] * (max(orders) + 1), maxlen=max(orders) + 1)  # the latest of H[0..n], H[n] last
@@ -150,7 +151,7 @@ class Recaller:
             slot = key >> self.shift
             earlier, earlier_key = int(self.positions[o, slot]), int(self.hashes[o, slot])
             self.positions[o, slot], self.hashes[o, slot] = n, key
-            if earlier >= 0 and earlier_key == key and n - earlier + k <= self.lookback:
+            if earlier and earlier_key == key and n - earlier + k <= self.lookback:
                 self.guess = (self.bytes[earlier], o, earlier)
         if self.guess[0] >= 0:
             self.follow, self.follow_order = self.guess[2], self.guess[1]
