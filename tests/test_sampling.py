@@ -76,6 +76,18 @@ def test_the_cxx_sampler_draws_the_bytes_torch_draws_from_the_same_uniforms(knob
         assert torch.equal(cxx_sample(logits[row], row_knobs, uniform), order[row, rank])
 
 
+
+def test_the_cxx_sampler_ties_minus_zero_with_zero_as_torch_does():
+    """torch's sort ranks -0 and +0 as equal, the lower byte first: a flat row with every other
+    logit -0 is drawn in byte order, in C++ too (it once ranked -0 below +0)."""
+    cxx_sample = cxx_sampler()
+    logits = torch.zeros(50, 256)
+    logits[:, ::2] = -0.0
+    uniform = (torch.arange(50) * 5 + 0.5) / 256  # mid-share of bytes 0, 5, 10, ...
+    knobs = Sampling().knobs("cpu")
+    assert torch.equal(sample(logits, knobs, uniform), torch.arange(50) * 5)
+    assert torch.equal(cxx_sample(logits, knobs, uniform), torch.arange(50) * 5)
+
 def test_rules_outside_the_cxx_sampler_are_named_and_refused_there():
     assert rules_outside_cxx(Sampling(min_p=0.1, top_p=0.9, top_k=3, temperature=0.5)) == []
     assert rules_outside_cxx(PerSample((Sampling(), Sampling(eta=0.1, sharpen=1)))) == ["eta", "sharpen"]

@@ -54,6 +54,59 @@ const T* data(const at::Tensor& t) { return t.data_ptr<T>(); }
 
 inline __mmask16 first16(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
 
+// exp per lane, as Cephes' expf: x = n ln2 + r with |r| <= ln2/2, e^r by its polynomial, and
+// 2^n by scalef (denormals, then 0, as expf). Within 1.3 ulp of exp on every float in
+// [-110, 80], attention's scores (<= 0) and GELU's range; lower x is clamped to -110, where
+// e^x is 0 in fp32 anyway, so that r stays small; a NaN stays NaN. One expf call per score
+// made a step over a full bf16 cache ~40% slower.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-110.f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts, n times this one exact
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Lane i of the result: the sum of rows[i]'s 16 lanes, added as GCC's _mm512_reduce_add_ps adds
+// them (lanes j and j + 8, then j and j + 4 of those sums, j and j + 2, j and j + 1), for 16
+// rows at once: 45 instructions where 16 horizontal sums take ~140 (with those, the local
+// model's products of 128 inputs took 4% longer a patch at batch 8).
+// Inlined, so that the rows stay in registers: as a call, GCC's choice, it took a third of the
+// products' time at batch 8.
+[[gnu::always_inline]] inline __m512 sums_of(const __m512 (&rows)[16]) {
+  // the pairing below leaves the sum of its input 4 j + n in lane 4 n + j: it reads the rows so
+  const auto row = [&](int k) { return rows[k % 4 * 4 + k / 4]; };
+  __m512 eight[8], four[4], two[2];
+  UNROLLED for (int i = 0; i < 8; ++i)  // per row of two: lanes j + j+8, 8 sums in 256 bits
+    eight[i] = _mm512_add_ps(_mm512_shuffle_f32x4(row(2 * i), row(2 * i + 1), _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(row(2 * i), row(2 * i + 1), _MM_SHUFFLE(3, 2, 3, 2)));
+  UNROLLED for (int i = 0; i < 4; ++i)  // per row of four: j + j+4, 4 sums in 128 bits
+    four[i] = _mm512_add_ps(_mm512_shuffle_f32x4(eight[2 * i], eight[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_f32x4(eight[2 * i], eight[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  UNROLLED for (int i = 0; i < 2; ++i) {  // per row of eight: j + j+2, 2 sums in 64 bits
+    const __m512d a = _mm512_castps_pd(four[2 * i]), b = _mm512_castps_pd(four[2 * i + 1]);
+    two[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(two[0], two[1], _MM_SHUFFLE(2, 0, 2, 0)),  // j + j+1
+                       _mm512_shuffle_ps(two[0], two[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// y[s * out + r] = the sum of sums[r][s]'s lanes, for R * S <= 16
+template <int R, int S>
+inline void store_sums(const __m512 (&sums)[R][S], float* y, int64_t out) {
+  static_assert(R * S <= 16);
+  __m512 rows[16];
+  UNROLLED for (int i = 0; i < 16; ++i) rows[i] = i < R * S ? sums[i % R][i / R] : _mm512_setzero_ps();
+  const __m512 lanes = sums_of(rows);  // lane s R + r: sums[r][s]'s sum
+  UNROLLED for (int s = 0; s < S; ++s)  // lanes s R.. to y + s out..
+    _mm512_mask_storeu_ps(y + s * (out - R), static_cast<__mmask16>(((1u << R) - 1) << (s * R)), lanes);
+}
+
 // y[s * out + r] = W row r · x row s, for fp32 weights and inputs
 template <int R, int S>
 void dots(const float* w, const float* x, float* y, int64_t in, int64_t out) {
@@ -69,8 +122,7 @@ void dots(const float* w, const float* x, float* y, int64_t in, int64_t out) {
       UNROLLED for (int s = 0; s < S; ++s) sum[r][s] = _mm512_fmadd_ps(wr, xs[s], sum[r][s]);
     }
   }
-  UNROLLED for (int r = 0; r < R; ++r)
-    UNROLLED for (int s = 0; s < S; ++s) y[s * out + r] = _mm512_reduce_add_ps(sum[r][s]);
+  store_sums(sum, y, out);
 }
 #endif
 
@@ -93,8 +145,7 @@ void dots(const c10::BFloat16* w, const c10::BFloat16* x, float* y, int64_t in, 
       UNROLLED for (int s = 0; s < S; ++s) sum[r][s] = _mm512_dpbf16_ps(sum[r][s], wr, xs[s]);
     }
   }
-  UNROLLED for (int r = 0; r < R; ++r)
-    UNROLLED for (int s = 0; s < S; ++s) y[s * out + r] = _mm512_reduce_add_ps(sum[r][s]);
+  store_sums(sum, y, out);
 }
 #endif
 
@@ -146,10 +197,23 @@ void product(const float* w, const float* x, float* y, int64_t batch, int64_t ou
 #endif
 }
 
+#if defined(__AVX512BF16__)
+// x (n) rounded to bf16, to nearest even as c10::BFloat16 rounds, 16 at a time; a denormal
+// becomes 0. As bits: a vector of c10::BFloat16 is filled one element at a time when made.
+std::vector<uint16_t> to_bf16(const float* x, int64_t n) {
+  std::vector<uint16_t> rounded(n);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first16(n - i);
+    _mm256_mask_storeu_epi16(rounded.data() + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+  return rounded;
+}
+#endif
+
 void product(const c10::BFloat16* w, const float* x, float* y, int64_t batch, int64_t out, int64_t in) {
 #if defined(__AVX512BF16__)
-  const std::vector<c10::BFloat16> rounded(x, x + batch * in);  // bf16 inputs, as torch's bf16 layers have
-  blocked_product(w, rounded.data(), y, batch, out, in);
+  const std::vector<uint16_t> rounded = to_bf16(x, batch * in);  // bf16 inputs, as torch's bf16 layers have
+  blocked_product(w, reinterpret_cast<const c10::BFloat16*>(rounded.data()), y, batch, out, in);
 #else
   plain_product(w, x, y, batch, out, in);
 #endif
@@ -177,15 +241,28 @@ void layer_norm(const float* x, const T* w, const T* b, float* y, int64_t batch,
   }
 }
 
-// GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), which vectorises through exp. 2u is
-// clamped to ±80, where the sigmoid is 0 or 1 in float anyway, so exp never overflows.
+// GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u), through exp. 2u is clamped to ±80,
+// where the sigmoid is 0 or 1 in float anyway, so exp never overflows. GCC calls expf once per
+// value here (it vectorises exp only with -ffast-math): that took a third of a local step at
+// batch 8, hence exp16 where there is AVX-512.
 void gelu(float* x, int64_t n) {
-  const float c = std::sqrt(2.f / static_cast<float>(M_PI));
-#pragma omp simd
+  const float two_c = 2.f * std::sqrt(2.f / static_cast<float>(M_PI));
+#if defined(__AVX512F__)
+  const __m512 limit = _mm512_set1_ps(80.f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first16(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+    __m512 two_u = _mm512_mul_ps(_mm512_set1_ps(two_c), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), cube, v));
+    two_u = _mm512_min_ps(limit, _mm512_max_ps(-limit, two_u));  // a NaN, the second operand, stays NaN
+    _mm512_mask_storeu_ps(x + i, m, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(-two_u))));
+  }
+#else
   for (int64_t i = 0; i < n; ++i) {
-    const float two_u = std::clamp(2.f * c * (x[i] + 0.044715f * x[i] * x[i] * x[i]), -80.f, 80.f);
+    const float two_u = std::clamp(two_c * (x[i] + 0.044715f * x[i] * x[i] * x[i]), -80.f, 80.f);
     x[i] = x[i] / (1.f + std::exp(-two_u));
   }
+#endif
 }
 
 void add(float* x, const float* y, int64_t n) {
@@ -249,42 +326,6 @@ inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const c10::BFloat16* p) {
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-// exp per lane, as Cephes' expf: x = n ln2 + r with |r| <= ln2/2, e^r by its polynomial, and
-// 2^n by scalef (denormals, then 0, as expf). Within 1.3 ulp of exp on every float in
-// [-110, 0], the scores' range; lower x is clamped to -110, where e^x is 0 in fp32 anyway,
-// so that r stays small; a NaN stays NaN. One expf call per score made a step over a full
-// bf16 cache ~40% slower.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-110.f), x);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts, n times this one exact
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
-}
-
-// Lane r of the result: the sum of rows[r]'s 16 lanes. Pairing the vectors level by level
-// takes 45 instructions for the 16 sums, where 16 horizontal sums take 128.
-inline __m512 sums_of(const __m512 (&rows)[16]) {
-  __m512 two[8], four[4], eight[2];
-  UNROLLED for (int i = 0; i < 8; ++i)  // per 128 bits: [a0+a2, b0+b2, a1+a3, b1+b3]
-    two[i] = _mm512_add_ps(_mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]),
-                           _mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]));
-  UNROLLED for (int i = 0; i < 4; ++i) {  // per 128 bits: four rows' sums over those 128 bits
-    const __m512d a = _mm512_castps_pd(two[2 * i]), b = _mm512_castps_pd(two[2 * i + 1]);
-    four[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  UNROLLED for (int i = 0; i < 2; ++i)  // 128 bits each: four rows' sums over 256 of their bits
-    eight[i] = _mm512_add_ps(_mm512_shuffle_f32x4(four[2 * i], four[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm512_shuffle_f32x4(four[2 * i], four[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(eight[0], eight[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(eight[0], eight[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 // q · k_j for 16 positions' keys (rows of 16 N values at k), the first `rows` of them; the
@@ -448,45 +489,110 @@ Rule rule_of(const at::Tensor& knobs, int64_t s) {
   return {k[0], static_cast<int64_t>(k[1]), k[2], k[3]};
 }
 
-// The float's bits as an unsigned integer of the same order: larger floats, larger integers.
+// The float's bits as an unsigned integer of the same order: larger floats, larger integers;
+// -0 as +0, which torch's sort ties with it.
 uint32_t ordered_bits(float v) {
+  v += 0.f;  // -0 + 0 is +0
   uint32_t bits;
   std::memcpy(&bits, &v, sizeof bits);
   return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
 }
 
-// One byte drawn from logits (n) as model.sampling.sample draws it: the bytes ranked likeliest
-// first, the rules keep the first few, and `uniform` times their probability falls in one
-// byte's share of their cumulative distribution.
-int64_t sample_byte(const float* logits, int64_t n, const Rule& rule, float uniform) {
-  const int64_t top = std::max_element(logits, logits + n) - logits;  // the first of equal maxima
-  if (!(rule.temperature > 0)) return top;  // greedy
-  const float temperature = std::max(rule.temperature, 1e-4f), peak = logits[top] / temperature;
-  std::vector<float> probs(n);
-  float total = 0.f;
-#pragma omp simd reduction(+ : total)
-  for (int64_t i = 0; i < n; ++i) {
-    probs[i] = std::exp(logits[i] / temperature - peak);
-    total += probs[i];
+// Draws bytes as model.sampling.sample does: the bytes ranked likeliest first, the rules keep
+// the first few, and `uniform` times their probability falls in one byte's share of their
+// cumulative distribution. Its buffers serve every draw of a call.
+class Sampler {
+ public:
+  explicit Sampler(int64_t vocab) : probs_(vocab), ranked_(vocab) {}
+
+  // One byte drawn from logits (vocab).
+  int64_t draw(const float* logits, const Rule& rule, float uniform) {
+    const int64_t n = static_cast<int64_t>(probs_.size());
+    const int64_t top = std::max_element(logits, logits + n) - logits;  // the first of equal maxima
+    if (!(rule.temperature > 0)) return top;  // greedy
+    softmax(logits, std::max(rule.temperature, 1e-4f), logits[top]);
+    // The bytes min-p keeps, as keys that sort likeliest first and, among equal logits, the
+    // lower byte first (torch's stable sort): the logit's order inverted, then the byte.
+    kept_ = sorted_ = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (probs_[i] >= rule.min_p * probs_[top]) ranked_[kept_++] = uint64_t{~ordered_bits(logits[i])} << 32 | i;
+    if (rule.top_k < kept_) {  // top-k: the first k, in any order so far
+      std::nth_element(ranked_.begin(), ranked_.begin() + rule.top_k, ranked_.begin() + kept_);
+      kept_ = rule.top_k;
+    }
+    // Cumulative probabilities are summed in double and rounded to float, as torch's cumsum
+    // does; so the kept bytes' total is the same float summed in any order (but within double
+    // rounding of a float's halfway point), and only top-p needs the ranks to find it.
+    double total = 0;
+    if (rule.top_p < 1) {
+      for (int64_t r = 0; r < kept_; ++r) {
+        const float p = probs_[byte(r)];
+        // top-p keeps a byte while the probability ranked before it is under top_p, computed as
+        // torch computes it (cdf - p); the first always
+        if (r > 0 && static_cast<float>(total + p) - p >= rule.top_p) {
+          kept_ = r;
+          break;
+        }
+        total += p;
+      }
+    } else {  // top_p 1 keeps every byte (torch's cdf - p may reach 1 before the last, by rounding)
+      for (int64_t r = 0; r < kept_; ++r) total += probs_[ranked_[r] & 0xFFFFFFFFu];
+    }
+    const float target = uniform * static_cast<float>(total);
+    double cdf = 0;
+    for (int64_t r = 0; r + 1 < kept_; ++r) {
+      cdf += probs_[byte(r)];
+      if (static_cast<float>(cdf) > target) return byte(r);
+    }
+    return byte(kept_ - 1);
   }
-  for (int64_t i = 0; i < n; ++i) probs[i] /= total;
-  // The bytes min-p keeps, as keys that sort likeliest first and, among equal logits, the
-  // lower byte first (torch's stable sort): the logit's order inverted, then the byte.
-  std::vector<uint64_t> ranked;
-  for (int64_t i = 0; i < n; ++i)
-    if (probs[i] >= rule.min_p * probs[top]) ranked.push_back(uint64_t{~ordered_bits(logits[i])} << 32 | i);
-  const auto kept = ranked.begin() + std::min<int64_t>(static_cast<int64_t>(ranked.size()), rule.top_k);
-  std::nth_element(ranked.begin(), kept, ranked.end());  // top-k: the first k only need sorting
-  std::sort(ranked.begin(), kept);
-  // top-p keeps a byte while the probability ranked before it is under top_p; the first always
-  std::vector<float> cdf;
-  for (auto r = ranked.begin(); r != kept && (cdf.empty() || cdf.back() < rule.top_p); ++r)
-    cdf.push_back((cdf.empty() ? 0.f : cdf.back()) + probs[*r & 0xFFFFFFFFu]);
-  const float target = uniform * cdf.back();
-  size_t choice = 0;
-  while (choice + 1 < cdf.size() && cdf[choice] <= target) ++choice;
-  return static_cast<int64_t>(ranked[choice] & 0xFFFFFFFFu);
-}
+
+ private:
+  // probs_ = softmax(logits / temperature), top_logit the largest
+  void softmax(const float* logits, float temperature, float top_logit) {
+    const int64_t n = static_cast<int64_t>(probs_.size());
+    float* probs = probs_.data();
+    const float peak = top_logit / temperature;
+    float total = 0.f;
+#if defined(__AVX512F__)  // exp16: GCC calls expf once per logit (see gelu)
+    __m512 sums = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = first16(n - i);
+      const __m512 scaled = _mm512_div_ps(_mm512_maskz_loadu_ps(m, logits + i), _mm512_set1_ps(temperature));
+      const __m512 e = exp16(_mm512_sub_ps(scaled, _mm512_set1_ps(peak)));
+      sums = _mm512_mask_add_ps(sums, m, sums, e);
+      _mm512_mask_storeu_ps(probs + i, m, e);
+    }
+    total = _mm512_reduce_add_ps(sums);
+#else
+#pragma omp simd reduction(+ : total)
+    for (int64_t i = 0; i < n; ++i) {
+      probs[i] = std::exp(logits[i] / temperature - peak);
+      total += probs[i];
+    }
+#endif
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) probs[i] /= total;
+  }
+
+  // The byte at rank r of the kept ones. Ranks are sorted in blocks as the walks reach them:
+  // a draw seldom walks far, and sorting every kept byte made plain sampling (top-k 256) slower
+  // than top-k 50.
+  int64_t byte(int64_t r) {
+    constexpr int64_t kBlock = 32;
+    if (r >= sorted_) {
+      const auto begin = ranked_.begin() + sorted_, end = begin + std::min(kBlock, kept_ - sorted_);
+      std::nth_element(begin, end, ranked_.begin() + kept_);
+      std::sort(begin, end);
+      sorted_ = end - ranked_.begin();
+    }
+    return static_cast<int64_t>(ranked_[r] & 0xFFFFFFFFu);
+  }
+
+  std::vector<float> probs_;
+  std::vector<uint64_t> ranked_;  // the kept bytes' keys: ranked_[0, sorted_) in order, then the rest to kept_
+  int64_t kept_ = 0, sorted_ = 0;
+};
 
 }  // namespace
 
@@ -602,8 +708,9 @@ at::Tensor sample(const at::Tensor& logits, const at::Tensor& knobs, const at::T
   const std::vector<float> values = to_floats<float>(logits.to(at::kFloat));
   const at::Tensor u = uniform.contiguous();
   at::Tensor bytes = at::empty({batch}, logits.options().dtype(at::kLong));
+  Sampler sampler(vocab);
   for (int64_t s = 0; s < batch; ++s)
-    bytes.data_ptr<int64_t>()[s] = sample_byte(&values[s * vocab], vocab, rule_of(knobs, s), u.data_ptr<float>()[s]);
+    bytes.data_ptr<int64_t>()[s] = sampler.draw(&values[s * vocab], rule_of(knobs, s), u.data_ptr<float>()[s]);
   return bytes;
 }
 
@@ -624,9 +731,10 @@ at::Tensor draw_patch(const at::Tensor& logits, const at::Tensor& from_global, c
   at::Tensor bytes = at::empty({batch, patch}, logits.options().dtype(at::kLong));
   int64_t* out = bytes.data_ptr<int64_t>();
   std::vector<float> current = to_floats<float>(logits.to(at::kFloat));
+  Sampler sampler(vocab);
   for (int64_t i = 0; i < patch; ++i) {
     for (int64_t s = 0; s < batch; ++s)
-      out[s * patch + i] = sample_byte(&current[s * vocab], vocab, rule_of(knobs, s), u[s * patch + i]);
+      out[s * patch + i] = sampler.draw(&current[s * vocab], rule_of(knobs, s), u[s * patch + i]);
     if (i + 1 == patch) break;
     std::vector<float> x(batch * dim);
     for (int64_t s = 0; s < batch; ++s) {
