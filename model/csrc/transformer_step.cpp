@@ -31,6 +31,8 @@
 #include <limits>
 #include <vector>
 
+
+
 namespace {
 
 constexpr int64_t kWeightsPerBlock = 12;  // norm1 w b, qkv w b, proj w b, norm2 w b, up w b, down w b
@@ -53,6 +55,11 @@ const T* data(const at::Tensor& t) { return t.data_ptr<T>(); }
 #define UNROLLED _Pragma("GCC unroll 16")
 
 inline __mmask16 first16(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
+
+// `bytes` from p on into L1 (a prefetch never faults, but the callers keep to their arrays)
+inline void prefetch(const void* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(static_cast<const char*>(p) + b, _MM_HINT_T0);
+}
 
 // exp per lane, as Cephes' expf: x = n ln2 + r with |r| <= ln2/2, e^r by its polynomial, and
 // 2^n by scalef (denormals, then 0, as expf). Within 1.3 ulp of exp on every float in
@@ -165,12 +172,22 @@ void rows_times_samples(const T* w, const T* x, float* y, int64_t batch, int64_t
   }
 }
 
+// Rows kAhead on are prefetched into L1 as each block starts: the global model's weights come
+// from memory or L3 at every step, and on the hardware's prefetcher alone its step at batch 8
+// took ~13% longer.
 template <typename T>
 void blocked_product(const T* w, const T* x, float* y, int64_t batch, int64_t out, int64_t in) {
+  constexpr int64_t kAhead = 16;
   int64_t o = 0;
   if (batch == 1)  // blocks of 8 rows: one sample's 4 sums alone would wait on each other's FMAs
-    for (; o + 8 <= out; o += 8) dots<8, 1>(w + o * in, x, y + o, in, out);
-  for (; o + 4 <= out; o += 4) rows_times_samples<4>(w + o * in, x, y + o, batch, out, in);
+    for (; o + 8 <= out; o += 8) {
+      if (o + kAhead + 8 <= out) prefetch(w + (o + kAhead) * in, 8 * in * static_cast<int64_t>(sizeof(T)));
+      dots<8, 1>(w + o * in, x, y + o, in, out);
+    }
+  for (; o + 4 <= out; o += 4) {
+    if (o + kAhead + 4 <= out) prefetch(w + (o + kAhead) * in, 4 * in * static_cast<int64_t>(sizeof(T)));
+    rows_times_samples<4>(w + o * in, x, y + o, batch, out, in);
+  }
   for (; o < out; ++o) rows_times_samples<1>(w + o * in, x, y + o, batch, out, in);
 }
 #endif
@@ -345,8 +362,7 @@ inline __m512 scores16(const __m512 (&q)[N], const T* k, int rows) {
 // head's): with the hardware's prefetcher alone, a step over a full bf16 cache took ~30% longer.
 template <typename T>
 inline void prefetch_rows(const T* rows, int64_t width) {
-  const char* bytes = reinterpret_cast<const char*>(rows + 48 * width);
-  for (int64_t b = 0; b < 16 * width * static_cast<int64_t>(sizeof(T)); b += 64) _mm_prefetch(bytes + b, _MM_HINT_T0);
+  prefetch(rows + 48 * width, 16 * width * static_cast<int64_t>(sizeof(T)));
 }
 
 // plain_head for head_dim = 16 N, in two passes: the scores 16 positions at a time with the
