@@ -519,7 +519,7 @@ uint32_t ordered_bits(float v) {
 // cumulative distribution. Its buffers serve every draw of a call.
 class Sampler {
  public:
-  explicit Sampler(int64_t vocab) : probs_(vocab), ranked_(vocab) {}
+  explicit Sampler(int64_t vocab) : probs_(vocab), ranked_(vocab), spare_(vocab) {}
 
   // One byte drawn from logits (vocab).
   int64_t draw(const float* logits, const Rule& rule, float uniform) {
@@ -532,9 +532,14 @@ class Sampler {
     kept_ = sorted_ = 0;
     for (int64_t i = 0; i < n; ++i)
       if (probs_[i] >= rule.min_p * probs_[top]) ranked_[kept_++] = uint64_t{~ordered_bits(logits[i])} << 32 | i;
+    if (rule.top_p < 1) {  // its walk goes as far as top_p of the probability: often every rank
+      radix_sort(ranked_.data(), kept_);
+      sorted_ = kept_;
+    }
     if (rule.top_k < kept_) {  // top-k: the first k, in any order so far
-      std::nth_element(ranked_.begin(), ranked_.begin() + rule.top_k, ranked_.begin() + kept_);
+      if (!sorted_) std::nth_element(ranked_.begin(), ranked_.begin() + rule.top_k, ranked_.begin() + kept_);
       kept_ = rule.top_k;
+      sorted_ = std::min(sorted_, kept_);
     }
     // Cumulative probabilities are summed in double and rounded to float, as torch's cumsum
     // does; so the kept bytes' total is the same float summed in any order (but within double
@@ -591,9 +596,9 @@ class Sampler {
     for (int64_t i = 0; i < n; ++i) probs[i] /= total;
   }
 
-  // The byte at rank r of the kept ones. Ranks are sorted in blocks as the walks reach them:
-  // a draw seldom walks far, and sorting every kept byte made plain sampling (top-k 256) slower
-  // than top-k 50.
+  // The byte at rank r of the kept ones. Unless top-p sorted them all, ranks are sorted in
+  // blocks as the walk reaches them: a draw seldom walks far, and sorting every kept byte by
+  // std::sort made plain sampling (top-k 256) slower than top-k 50.
   int64_t byte(int64_t r) {
     constexpr int64_t kBlock = 32;
     if (r >= sorted_) {
@@ -605,8 +610,26 @@ class Sampler {
     return static_cast<int64_t>(ranked_[r] & 0xFFFFFFFFu);
   }
 
+  // Sorts n keys made in byte order by their logits' bits, a byte of them a pass from the
+  // lowest (LSD radix sort, stable: equal logits stay in byte order), skipping bytes that every
+  // key shares. At batch 8, top-p 0.9 drew in half the time it took in blocks of 32 (std::sort:
+  // 256 keys in ~6 us, this ~1.2).
+  void radix_sort(uint64_t* keys, int64_t n) {
+    uint64_t *from = keys, *to = spare_.data();
+    for (int shift = 32; shift < 64; shift += 8) {
+      int64_t start[257] = {};
+      for (int64_t i = 0; i < n; ++i) ++start[(from[i] >> shift & 255) + 1];
+      if (start[(from[0] >> shift & 255) + 1] == n) continue;
+      for (int d = 0; d < 256; ++d) start[d + 1] += start[d];
+      for (int64_t i = 0; i < n; ++i) to[start[from[i] >> shift & 255]++] = from[i];
+      std::swap(from, to);
+    }
+    if (from != keys) std::copy(from, from + n, keys);
+  }
+
   std::vector<float> probs_;
-  std::vector<uint64_t> ranked_;  // the kept bytes' keys: ranked_[0, sorted_) in order, then the rest to kept_
+  // the kept bytes' keys: ranked_[0, sorted_) in order, then the rest to kept_; spare_: room for radix_sort's passes
+  std::vector<uint64_t> ranked_, spare_;
   int64_t kept_ = 0, sorted_ = 0;
 };
 
