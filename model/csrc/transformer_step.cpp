@@ -31,8 +31,6 @@
 #include <limits>
 #include <vector>
 
-
-
 namespace {
 
 constexpr int64_t kWeightsPerBlock = 12;  // norm1 w b, qkv w b, proj w b, norm2 w b, up w b, down w b
@@ -536,7 +534,7 @@ class Sampler {
       radix_sort(ranked_.data(), kept_);
       sorted_ = kept_;
     }
-    if (rule.top_k < kept_) {  // top-k: the first k, in any order so far
+    if (rule.top_k < kept_) {  // top-k: the first k (in any order, unless top-p sorted them)
       if (!sorted_) std::nth_element(ranked_.begin(), ranked_.begin() + rule.top_k, ranked_.begin() + kept_);
       kept_ = rule.top_k;
       sorted_ = std::min(sorted_, kept_);
