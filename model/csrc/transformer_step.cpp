@@ -535,7 +535,7 @@ class Sampler {
       sorted_ = kept_;
     }
     if (rule.top_k < kept_) {  // top-k: the first k (in any order, unless top-p sorted them)
-      if (!sorted_) std::nth_element(ranked_.begin(), ranked_.begin() + rule.top_k, ranked_.begin() + kept_);
+      if (!sorted_) keep_smallest(rule.top_k);
       kept_ = rule.top_k;
       sorted_ = std::min(sorted_, kept_);
     }
@@ -606,6 +606,29 @@ class Sampler {
       sorted_ = end - ranked_.begin();
     }
     return static_cast<int64_t>(ranked_[r] & 0xFFFFFFFFu);
+  }
+
+  // Moves the k smallest of the kept keys to the front, in the order they come: the k-th
+  // smallest found a byte of the key at a time from the highest (a radix select), then every
+  // key up to it taken, without branches. With std::nth_element's partitions, which branch on
+  // every key, bench.speed's compiled patch step at batch 8 (top-k 50) took ~13% longer.
+  void keep_smallest(int64_t k) {
+    uint64_t prefix = 0, mask = 0;  // the k-th smallest key's bytes found so far
+    for (int shift = 56; shift >= 0; shift -= 8) {
+      int64_t count[256] = {};
+      for (int64_t i = 0; i < kept_; ++i) count[ranked_[i] >> shift & 255] += (ranked_[i] & mask) == prefix;
+      int digit = 0;
+      for (; count[digit] < k; ++digit) k -= count[digit];  // k: now its rank among the keys with this byte
+      prefix |= uint64_t(digit) << shift;
+      mask |= uint64_t{255} << shift;
+      if (count[digit] == k) break;  // every key with these bytes is taken
+    }
+    int64_t taken = 0;
+    for (int64_t i = 0; i < kept_; ++i) {
+      const uint64_t key = ranked_[i];
+      ranked_[taken] = key;
+      taken += (key & mask) <= prefix;
+    }
   }
 
   // Sorts n keys made in byte order by their logits' bits, a byte of them a pass from the
