@@ -1,16 +1,20 @@
 """Audio ⇄ bytes: mono, 8-bit µ-law (one byte per sample) at the layout's sample rate."""
 
 import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 
-from model import Sampling
+from model import PerSample, Sampling
 
 from .common import AdapterError, read_source
 from .layout import Layout
 
 MU = 255
+FULL_SCALE = (0, 255)  # the µ-law codes of -1 and +1
 ZERO_CROSSINGS = 16  # half-width of the resampling filter, in sinc lobes: sharper cut-off, more work
 CHUNK = 8192  # output samples resampled at once, and frames read at once, to bound memory
 UNREADABLE = "The audio file is corrupt, truncated or in an unsupported format."
@@ -196,3 +200,64 @@ def continuation_metrics(prompt_tail: np.ndarray, continuation: np.ndarray) -> d
             "prompt_flatness": spectral_flatness(prompt_tail),
             "similarity": spectral_similarity(prompt_tail, continuation),
             "rms_drift": rms(continuation) / rms(prompt_tail)}
+
+
+@dataclass(frozen=True)
+class Steering:
+    """How model.best_of.chunked_best_of steers a continuation: `candidates` drawn in one batch for
+    every `seconds`, the last `untruncated` of them from every byte, and the one loudness_cost
+    rates lowest kept."""
+
+    candidates: int
+    untruncated: int
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        """In words, for summaries and tables: "steered best of 8 per 0.125 s, 4 from every byte"."""
+        every_byte = f", {self.untruncated} from every byte" if self.untruncated else ""
+        return f"steered best of {self.candidates} per {self.seconds:g} s{every_byte}"
+
+    def plan(self, prompt: bytes, layout: Layout, how: Sampling) -> tuple:
+        """chunked_best_of's (n, chunk_bytes, cost, sampling) for a continuation of `prompt`: each
+        candidate drawn by `how`, but the last `untruncated` from every byte (at how's temperature
+        and top-k), and loudness_cost to pick by."""
+        every_byte = Sampling(temperature=how.temperature, top_k=how.top_k)
+        rules = PerSample((how,) * (self.candidates - self.untruncated) + (every_byte,) * self.untruncated)
+        return self.candidates, seconds_to_bytes(self.seconds, layout), loudness_cost(prompt, layout), rules
+
+
+# No rule that draws bytes one at a time kept the general audio checkpoint's music as loud as
+# its prompt: continued for 4 s, min-p 0.1 (the default) faded below 0.3× the loudness of the
+# prompt's last second on all 3 validation clips (median 0.24×), and so did top-p 0.9, η,
+# LPCNet's floor and best-of-4; min-p 0.05 on 2, with 2 clicks (bench/results/samplers_audio_4s.md).
+# Truncated draws fade, and one pick among whole continuations has only faded ones to pick from.
+# Steering picks as it goes: for every 0.125 s, 8 candidates by min-p 0.1 in one batch, the one
+# nearest the prompt's loudness kept. It left 1 of the 3 clips too quiet, with no click, flatness
+# 0.27 and similarity 0.89 (min-p 0.1: 0.28, 0.87); on 4 melody tunes (1 s, samplers_melody.md)
+# it cut flatness to 0.18 from 0.24 and kept their loudness. Drawing 2 or 4 of the 8 from every
+# byte kept all 3 clips loud, but their noise lifted flatness to 0.47 and cut similarity to
+# 0.83-0.84, below top-p 0.9's 0.88, and the sampling lab puts similarity first. Fewer choices
+# steer less: in a first try (same clips, 2 seeds each) 4 per 0.25 s left 4 of 6 too quiet, 4 per
+# 0.125 s 2 of 6.
+STEERING = Steering(candidates=8, untruncated=0, seconds=0.125)
+FULL_SCALE_PENALTY = 10.0  # past any loudness mismatch a candidate shows (|log| 10 is 22,000×): a click loses
+
+
+def loudness_cost(prompt: bytes, layout: Layout) -> Callable[[bytes, bytes], float]:
+    """A cost for model.best_of.chunked_best_of that keeps a continuation as loud as the prompt's
+    last second: |log(RMS of the chunk / RMS of that second)|, plus FULL_SCALE_PENALTY for a
+    full-scale sample (a click) where the prompt has none."""
+    rate = layout.sample_rate
+    target = _rms(decode(prompt[-rate:], layout))
+    clicks_allowed = any(code in prompt for code in FULL_SCALE)
+
+    def cost(chunk: bytes, made: bytes) -> float:
+        click = not clicks_allowed and any(code in chunk for code in FULL_SCALE)
+        return abs(math.log(_rms(decode(chunk, layout)) / target)) + FULL_SCALE_PENALTY * click
+
+    return cost
+
+
+def _rms(pcm_int16: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((pcm_int16 / 32768) ** 2))) + 1e-6

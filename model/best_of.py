@@ -1,6 +1,11 @@
-"""Best-of-N: draw N continuations in one batch and keep the one the model itself rates best."""
+"""Best-of-N: draw N continuations in one batch and keep the one the model itself rates best, or,
+chunk by chunk, the one a caller's cost rates best."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
 
 from .generate import generate
 from .sampling import Sampling
@@ -34,3 +39,24 @@ def best_of(model, prompt: bytes, new_bytes: int, n: int, sampling: Sampling = S
         raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, not {ranking!r}.")
     candidates = generate(model, prompt, new_bytes, n, sampling, seed)
     return min(candidates, key=lambda c: badness(continuation_scores(model, prompt, c), ranking))
+
+
+def chunked_best_of(model, prompt: bytes, new_bytes: int, n: int, chunk_bytes: int,
+                    cost: Callable[[bytes, bytes], float], sampling: Sampling = Sampling(), seed: int = 0,
+                    patch_step: Callable | None = None, fused: bool = False) -> Iterator[bytes]:
+    """Yields the continuation of `prompt` a chunk at a time, new_bytes in all: for each chunk of
+    `chunk_bytes` (the last may be shorter), n candidates drawn in one batch after the prompt and
+    the chunks kept so far, and the one `cost(candidate, kept_so_far)` rates lowest kept (the
+    first among equals). Steering a chunk at a time corrects a drift as it starts, where one pick
+    among whole continuations can only hope one of them never drifted. Each chunk draws from a
+    seed of its own, made from `seed` and the chunk's index. `patch_step` and `fused`: as generate's."""
+    if chunk_bytes < 1:
+        raise ValueError("a chunk must hold at least one byte.")
+    made = b""
+    for index, start in enumerate(range(0, new_bytes, chunk_bytes)):
+        chunk_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+        candidates = generate(model, prompt + made, min(chunk_bytes, new_bytes - start), n, sampling, chunk_seed,
+                              patch_step=patch_step, fused=fused)
+        kept = min(candidates, key=lambda candidate: cost(candidate, made))
+        made += kept
+        yield kept

@@ -5,10 +5,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.stats import chisquare
 
 from model import MegaByteConfig, Sampling, build_model, generate
-from model.best_of import best_of, badness, continuation_scores
+from adapters import Layout, audio
+from model.best_of import best_of, badness, chunked_best_of, continuation_scores
 from model import fused_step
 from model.sampling import PerSample, ranked_cdf, rules_outside_cxx, sample
 
@@ -163,6 +165,51 @@ def test_best_of_keeps_the_candidate_the_model_rates_best():
         best_of(model, b"abcd", 4, 2, ranking="loudest")
 
 
+def odd_bytes(chunk: bytes, made: bytes = b"") -> int:
+    """A cost that prefers even bytes."""
+    return sum(byte % 2 for byte in chunk)
+
+
+def test_chunked_best_of_keeps_the_cheapest_candidate_of_each_chunk():
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    rated = []
+    kept = list(chunked_best_of(model, b"abcd", 50, 4, 16, lambda chunk, made: rated.append((chunk, made)) or
+                                odd_bytes(chunk), Sampling(), seed=3))
+    assert [len(chunk) for chunk in kept] == [16, 16, 16, 2]  # new_bytes exactly: the last chunk is what is left
+    for index, chunk in enumerate(kept):  # 4 candidates a chunk, each rated after the chunks kept before it
+        candidates = rated[4 * index : 4 * index + 4]
+        assert {made for _, made in candidates} == {b"".join(kept[:index])}
+        assert len({candidate for candidate, _ in candidates}) == 4  # each drawn with its own noise
+        assert chunk == min((candidate for candidate, _ in candidates), key=odd_bytes)
+    steered = b"".join(kept)
+    assert odd_bytes(steered) < min(odd_bytes(plain) for plain in generate(model, b"abcd", 50, 8, Sampling(), 3))
+
+
+def test_chunked_best_of_is_the_same_for_a_seed():
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    steer = lambda seed, new_bytes=40: b"".join(chunked_best_of(model, b"abcd", new_bytes, 2, 8, odd_bytes,  # noqa: E731
+                                                                 Sampling(), seed))
+    assert steer(1) == steer(1) and steer(1) != steer(2)
+    assert steer(1, 0) == b""
+    with pytest.raises(ValueError, match="at least one byte"):
+        next(chunked_best_of(model, b"abcd", 8, 2, 0, odd_bytes))
+
+
+def test_loudness_cost_ranks_quiet_and_clicking_chunks_below_one_as_loud_as_the_prompt():
+    layout = Layout("audio", sample_rate=8000)
+    tone = lambda amplitude, n: audio.encode(amplitude * np.sin(np.arange(n) * 0.3), layout)  # noqa: E731
+    prompt = tone(0.3, 16_000)
+    cost = audio.loudness_cost(prompt, layout)
+    matching, quiet, loud = tone(0.3, 2000), tone(0.02, 2000), tone(0.95, 2000)
+    clicking = matching[:1000] + bytes([255]) + matching[1001:]
+    assert cost(matching, b"") < 0.01 < cost(loud, b"") < cost(quiet, b"") < cost(clicking, b"")
+    assert cost(clicking, b"") > audio.FULL_SCALE_PENALTY  # a click loses to any quiet or loud candidate
+    clipped_prompt = prompt[:-1] + bytes([255])
+    assert audio.loudness_cost(clipped_prompt, layout)(clicking, b"") < 0.01  # the prompt has clicks: no penalty
+
+
 def test_the_app_draws_by_each_modality_s_chosen_rule():
     from dataclasses import replace
 
@@ -199,6 +246,11 @@ def test_samplers_bench_measures_every_rule_and_chooses_on_validation(tiny_check
     report = out.read_text()
     for rule in [*samplers.RULES, *samplers.best_of_names()]:
         assert report.count(f"| {rule} |") == 4  # a row in each checkpoint's table
+    for steering in samplers.STEERINGS:
+        assert report.count(f"| {steering.name} |") == 2  # audio's
     assert "**Chosen for audio:" in report and "**Chosen for image:" in report
-    samplers.main(["--quick", "--split", "test", *where])
-    assert out.read_text().count("| default |") == 4 and "test.bin" in out.read_text()
+    figure = tmp_path / "steered.png"
+    samplers.main(["--quick", "--split", "test", "--figure", str(figure), *where])
+    report = out.read_text()
+    assert report.count("| default |") == 4 and report.count(f"| {audio.STEERING.name} |") == 2
+    assert "test.bin" in report and Image.open(figure).size[0] > 500
