@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         print(f"Cannot serve on {args.host}:{args.port}: the port is taken or the address is not "
               "this machine's; choose another with --port or --host.", file=sys.stderr)
         return 1
-    service.compile_in_background(checkpoints)  # requests decode eagerly until it is done
+    service.compile_in_background(checkpoints)  # the fused step first, then compiled steps; it says when each is ready
     print(f"MegaByte studio: {url} (Ctrl+C stops it)", flush=True)
     demo.block_thread()
     return 0

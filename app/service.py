@@ -288,8 +288,9 @@ def use_compile_cache():
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(COMPILE_CACHE / "inductor"))
 
 
-# model -> the Decoder its requests take: made by compile_now (the fused step where it builds, the
-# faster dtype, compiled buckets), so a request never waits for a build; torch's layers in fp32 until then
+# model -> the Decoder its requests take: made by fast_decoder_now (the fused step where it builds, the
+# faster dtype), its buckets compiled by compile_now, so a request never waits for a build; torch's
+# layers in fp32 until then
 _decoders: dict = {}
 
 
@@ -303,12 +304,21 @@ def decoder(model) -> Decoder:
     return _decoders.get(model) or _eager_decoder(model)
 
 
+def fast_decoder_now(model) -> Decoder:
+    """`model`'s fastest decoder (Decoder.fastest: the fused C++ step where it builds, the faster
+    dtype), which requests take from now on: eager until compile_now compiles its buckets, and
+    eager it already decodes ~5x faster than torch's layers (bench/results/speed.md), so a fresh
+    start serves at speed once the C++ step is built (about a minute the first time), not after
+    minutes of compiling."""
+    if model not in _decoders:
+        _decoders[model] = Decoder.fastest(model)
+    return _decoders[model]
+
+
 def compile_now(model, buckets=BATCH_BUCKETS):
-    """Compiles `model`'s fastest decoder (Decoder.fastest) for `buckets`, into the cache
-    use_compile_cache chose at start-up; requests take it from then on."""
-    fast = _decoders.get(model) or Decoder.fastest(model)
-    fast.compile(buckets)
-    _decoders[model] = fast
+    """Compiles `model`'s fastest decoder for `buckets`, into the cache use_compile_cache chose
+    at start-up; requests take each bucket's compiled step as soon as it is ready."""
+    fast_decoder_now(model).compile(buckets)
 
 
 # model -> its forward compiled for score_bytes' full batches of windows, filled by compile_scoring_now
@@ -334,22 +344,26 @@ def compile_in_background(checkpoints: str | Path = CHECKPOINTS) -> threading.Th
     first run eagerly."""
     audio = adapters.checkpoints.catalog(checkpoints, "audio")
     images = adapters.checkpoints.catalog(checkpoints, "image")
-    decoding = lambda folders, bucket: [(f"Decoding at batch {bucket}", folder,  # noqa: E731
-                                         partial(compile_now, buckets=(bucket,))) for folder in folders]
-    # (what is compiled, the checkpoint, how)
-    jobs = decoding(audio, bucket_for(adapters.audio.STEERING.candidates))
-    jobs += [job for bucket in BATCH_BUCKETS for job in decoding(images, bucket)]
-    jobs += [("Scoring", folder, compile_scoring_now)
+    compiling = lambda folders, bucket: [(f"Decoding at batch {bucket}, compiled,", folder,  # noqa: E731
+                                          partial(compile_now, buckets=(bucket,))) for folder in folders]
+    # (what is made ready, the checkpoint, how): first the fused step, eager, for every checkpoint
+    jobs = [("The fused C++ decoding step (eager)", folder, fast_decoder_now) for folder in [*audio, *images]]
+    jobs += compiling(audio, bucket_for(adapters.audio.STEERING.candidates))
+    jobs += [job for bucket in BATCH_BUCKETS for job in compiling(images, bucket)]
+    jobs += [("Scoring, compiled,", folder, compile_scoring_now)
              for folder in [*adapters.checkpoints.catalog(checkpoints, "text"), *audio]]
-    jobs += decoding(audio, 1)
+    jobs += compiling(audio, 1)
 
     def work():
         start = time.perf_counter()
         for what, folder, compile_it in jobs:
             try:
                 compile_it(load(folder)[0])
+                print(f"{what} for {Path(folder).name} is ready ({time.perf_counter() - start:.0f} s after start-up).",
+                      flush=True)
             except Exception as e:  # noqa: BLE001 -- a failed compile must not stop the app; it stays eager
-                print(f"{what} with {folder} stays eager: compiling failed ({type(e).__name__}: {e}).", flush=True)
+                print(f"{what} for {Path(folder).name} failed, so it stays as it was ({type(e).__name__}: {e}).",
+                      flush=True)
         print(f"Compiled decoding and scoring for {len(audio) + len(images)} checkpoints in "
               f"{time.perf_counter() - start:.0f} s: requests from now on take the compiled steps.", flush=True)
 

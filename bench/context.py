@@ -165,7 +165,7 @@ def measure(name: str, used: str, documents: list[bytes], models: dict, bf16: bo
     for key, model in models.items():
         surprisal[key] = scored(model, documents, f"{name}: {key} model", bf16)
         if orders := model.config.recall:  # the same scores with recall mixed in, as the app predicts
-            surprisal[key + RECALLED] = [mixed_surprisal(s, d, orders, model.context)
+            surprisal[key + RECALLED] = [mixed_surprisal(s, d, orders)
                                          for s, d in zip(surprisal[key], documents)]
     before = {key: [model_bits_before(s, edges) for s in per_document] for key, per_document in surprisal.items()}
     before["xz -9e"] = [xz_bits_before(d, edges) for d in tqdm(documents, desc=f"{name}: xz with history")]

@@ -1,16 +1,19 @@
 """Audio continuation as a listener would judge it: `python -m bench.continuation`.
 
 For each held-out tune or clip, the checkpoint continues 1 s after a 2 s prompt (--prompt-seconds; the app's
-default sampling, a fixed seed); the continuation is compared with the prompt's last second:
+default sampling and decoder, Decoder.fastest, eager; a fixed seed); the continuation is compared with the prompt's last second:
 spectral flatness (noise is flat), similarity of the average log-power spectra, and loudness
 drift (RMS of the continuation over RMS of the prompt's last second). Reference rows are
 computed the same way: the real next second (the ceiling) and white noise at the prompt's
-loudness (the floor). Writes bench/results/continuation.md.
+loudness (the floor). A checkpoint with recall (model.recall) is measured twice: as the app
+continues (recall copying what followed the prompt's tail earlier in the tune) and by its neural
+model alone. Writes bench/results/continuation.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -25,7 +28,7 @@ from tqdm import tqdm
 from adapters import AdapterError, Layout, audio
 from adapters.checkpoints import load_for
 from bench.provenance import measured_line
-from model import CheckpointError, Sampling, generate
+from model import CheckpointError, Decoder, Sampling, stream_bytes
 
 PROMPT_SECONDS = 2.0
 CONTINUE_SECONDS = 1.0
@@ -69,11 +72,18 @@ def clips(folder: Path, split: str, layout: Layout, count: int, prompt_seconds: 
     return out
 
 
-def measure(model, layout: Layout, clip: dict, sampling: Sampling, seed: int) -> dict[str, dict]:
-    """The metrics of the model's continuation, the real next second and white noise."""
+def without_recall(model):
+    """The same model (its weights shared) with its recall turned off."""
+    alone = copy.copy(model)
+    alone.config = replace(model.config, recall=())
+    return alone
+
+
+def measure(decoder: Decoder, layout: Layout, clip: dict, sampling: Sampling, seed: int) -> dict[str, dict]:
+    """The metrics of the continuation made on the app's decoder, the real next second and white noise."""
     follow = audio.seconds_to_bytes(CONTINUE_SECONDS, layout)
     tail = floats(clip["prompt"][-follow:], layout)
-    made = generate(model, clip["prompt"], follow, 1, sampling, seed)[0]
+    made = np.concatenate(list(stream_bytes(decoder, clip["prompt"], follow, 1, sampling, seed)), axis=1)[0].tobytes()
     noise = np.random.default_rng(seed).standard_normal(follow) * np.sqrt(np.mean(tail**2))
     return {"model": audio.continuation_metrics(tail, floats(made, layout)),
             "real next second": audio.continuation_metrics(tail, floats(clip["real"], layout)),
@@ -163,8 +173,13 @@ def main(argv=None):
             if not chosen:
                 raise BenchError(f"{args.data / data_name}/{split}.bin holds no clip of {args.prompt_seconds + CONTINUE_SECONDS:g} s.")
             used.append(f"- `{folder}` on {len(chosen)} {what} from `{args.data / data_name}/{split}.bin`.")
-            results[name] = [{**c, "metrics": measure(model, layout, c, sampling, args.seed)}
-                             for c in tqdm(chosen, desc=f"{name}: continuing", unit="clip")]
+            variants = {name: model}
+            if getattr(model.config, "recall", ()):
+                variants = {f"{name} (with recall)": model, f"{name} (neural alone)": without_recall(model)}
+            for label, variant in variants.items():
+                decoder = Decoder.fastest(variant)  # as the app decodes, eagerly: the fused C++ step where it builds
+                results[label] = [{**c, "metrics": measure(decoder, layout, c, sampling, args.seed)}
+                                  for c in tqdm(chosen, desc=f"{label}: continuing", unit="clip")]
     except (BenchError, CheckpointError, AdapterError) as e:
         sys.exit(f"bench.continuation: {e}")
     if not results:

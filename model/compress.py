@@ -48,6 +48,10 @@ FREQUENCY_BITS = 24  # each byte value gets floor(p·2^24) + 1: never zero, and 
 ROW_BYTES = 2048  # the shortest row
 SHORT_ROWS = 8  # short inputs go as up to this many rows of ROW_BYTES or more, even under a context long
 MAX_SEGMENTS = 64  # 64 rows coded 256 KB in 0.7x the time of 32; on 1 MB of text, 0.02% more bits
+# Each row keeps the global model's KV cache of a whole context (about 1 KB a byte of context in
+# the shipped shapes), so rows × context stays under this: a 10 MB claim on a 128 KB-context
+# checkpoint allocates 8 rows' caches (1 GB), not 64 (8.6 GB). Inputs up to 1 MB are unaffected.
+MAX_ROWS_CONTEXT = 1 << 20
 TOP = 1 << 56  # the range coder keeps its range in [2^56, 2^64)
 MASK = (1 << 64) - 1
 HEADER_KEYS = {"checkpoint_sha256", "checkpoint", "layout", "length", "crc32", "payload_bytes",
@@ -156,7 +160,7 @@ def planned_recall(model, rows: torch.Tensor, lengths: torch.Tensor) -> tuple[to
         return None
     predicted, weight = torch.full(rows.shape, -1), torch.zeros(rows.shape)
     for s, length in enumerate(lengths.tolist()):
-        row_predicted, row_weight = recall.plan(rows[s, :length].numpy().astype(np.uint8), orders, model.context)
+        row_predicted, row_weight = recall.plan(rows[s, :length].numpy().astype(np.uint8), orders)
         predicted[s, :length], weight[s, :length] = torch.from_numpy(row_predicted), torch.from_numpy(row_weight)
     return predicted, weight
 
@@ -256,7 +260,7 @@ def segment_count(n: int, context: int) -> int:
     one row would take a model call per byte; longer ones as rows at least a context long, so
     the model reads as much of the past as it can (a long-context checkpoint codes 1 MB in 8
     rows, not 64)."""
-    return max(1, min(MAX_SEGMENTS, max(min(SHORT_ROWS, n // ROW_BYTES), n // context)))
+    return max(1, min(MAX_SEGMENTS, MAX_ROWS_CONTEXT // context, max(min(SHORT_ROWS, n // ROW_BYTES), n // context)))
 
 
 def payload_bounds(n: int) -> tuple[float, float]:
@@ -443,7 +447,7 @@ def decompress(model, blob: bytes, checkpoint_sha256: str, progress: Callable[[i
         decoder = RangeDecoder(blob[len(blob) - header["payload_bytes"] :])
         valid = lengths.tolist()
         orders = model.config.recall
-        recallers = [recall.Recaller(orders, model.context) for _ in valid] if orders else []
+        recallers = [recall.Recaller(orders) for _ in valid] if orders else []
 
         def decode(logits, position):
             guesses = [recaller.predict() for recaller in recallers]

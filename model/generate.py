@@ -82,9 +82,11 @@ def generate_stream(
     if history.shape[1] >= model.context:
         history = history[:, -slide_window(model) :]
     orders = getattr(model.config, "recall", ())
-    recallers = [Recaller(orders, model.context) for _ in range(samples)] if orders else []
-    for recaller, row in zip(recallers, history.tolist()):
-        recaller.extend(row)
+    recallers = []
+    if orders:  # recall remembers the whole prompt, even where it is longer than the model's context
+        recallers = [Recaller(orders)]
+        recallers[0].extend(prompt)
+        recallers += [copy.deepcopy(recallers[0]) for _ in range(samples - 1)]
     coins = torch.Generator().manual_seed(seed + 1)
     fused_sampling = fused and not rules_outside_cxx(sampling)
     draw = fused_step.sample if fused_sampling else sample

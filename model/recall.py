@@ -5,13 +5,15 @@ A tune rendered from MIDI repeats its notes sample for sample, and the neural mo
 compute it had, did not learn to copy: it spends ~6 bits on a byte it has seen follow the same
 64 bytes before (bench/results/context.md). Recall does: for each of a few orders k, the byte
 that followed the most recent earlier occurrence of the last k bytes, if that occurrence lies
-within the model's context; the longest order that has one predicts. Its weight is how often
-that order's predictions were right so far in this stream, (hits + ½) / (tries + 1), and the
-byte's probability is (1 − weight)·p_model + weight·[byte = predicted].
+within the last LOOKBACK bytes (a MiB: recall has no weights, so it can remember further than
+the model's context, as xz's dictionary does); the longest order that has one predicts. Its
+weight is how often that order's predictions were right so far in this stream,
+(hits + ½) / (tries + 1), and the byte's probability is
+(1 − weight)·p_model + weight·[byte = predicted].
 
 Occurrences are found as a compressor finds them, in a table per order indexed by the top
 bits of a 64-bit polynomial hash of the k bytes, which keeps the latest position and hash
-written to each slot: memory bounded by the context, not the input. Two forms compute the
+written to each slot: memory bounded by the table, not the input. Two forms compute the
 same: `plan` for bytes known in advance (scoring, the encoder), vectorised, and `Recaller`, a
 byte at a time (the decoder, generation). They give the same predictions and the same float32
 weights, so the coder's two ends agree to the bit.
@@ -27,15 +29,19 @@ import torch
 MULTIPLIER = 0x9E3779B97F4A7C15  # odd, so it has an inverse modulo 2^64
 MASK = (1 << 64) - 1
 INVERSE = pow(MULTIPLIER, -1, 1 << 64)
-# The orders the melody checkpoints use, measured on 6 validation tunes scored by melody_long:
-# 5.73 bits per byte without recall; 2.92 with these, the same as with nine orders from 6 to 256,
-# 2.98 with (8, 16, 32, 128).
-ORDERS = (6, 12, 32, 128)
+# The orders the shipped checkpoints use, and how far back recall looks, measured on 6 validation
+# tunes (1.74 MB) scored by melody_long: 5.73 bits per byte without recall; with these, 3.29
+# looking back over the model's 128 KiB context, 2.86 over a MiB (2.87 with 2^19 slots, 2.89
+# with 2^18); orders (6, 12, 32, 128): 2.94; six orders from 4 to 256: 2.86.
+ORDERS = (4, 6, 12, 32, 128)
+LOOKBACK = 1 << 20
+MAX_SLOT_BITS = 19  # 5 orders × 2^19 slots × 12 bytes: 31 MB a stream
 
 
 def slot_bits(lookback: int) -> int:
-    """Each order's table has 2^bits slots: about twice the positions it must remember."""
-    return min(20, max(8, (lookback - 1).bit_length() + 1))
+    """Each order's table has 2^bits slots: about twice the positions it must remember, at most
+    2^MAX_SLOT_BITS (where slots are overwritten, an older occurrence is forgotten)."""
+    return min(MAX_SLOT_BITS, max(8, (lookback - 1).bit_length() + 1))
 
 
 def prefix_hashes(x: np.ndarray) -> np.ndarray:
@@ -53,7 +59,7 @@ def prefix_hashes(x: np.ndarray) -> np.ndarray:
     return hashes
 
 
-def plan(data: bytes | np.ndarray, orders: tuple[int, ...], lookback: int) -> tuple[np.ndarray, np.ndarray]:
+def plan(data: bytes | np.ndarray, orders: tuple[int, ...], lookback: int = LOOKBACK) -> tuple[np.ndarray, np.ndarray]:
     """For every position of `data`: the byte recall predicts there (-1: none) and its weight
     (float32, 0 where none), each computed from the bytes before it only."""
     x = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else np.asarray(data, np.uint8)
@@ -89,12 +95,13 @@ def plan(data: bytes | np.ndarray, orders: tuple[int, ...], lookback: int) -> tu
 class Recaller:
     """plan, a byte at a time: predict() for the next byte, then push() the byte that came."""
 
-    def __init__(self, orders: tuple[int, ...], lookback: int):
+    def __init__(self, orders: tuple[int, ...], lookback: int = LOOKBACK):
         self.orders, self.lookback = orders, lookback
         self.powers = [pow(MULTIPLIER, k, 1 << 64) for k in orders]
         self.shift = 64 - slot_bits(lookback)
-        # per order, per slot: the latest position written there (-1: none) and its hash
-        self.positions = np.full((len(orders), 1 << slot_bits(lookback)), -1, np.int64)
+        # per order, per slot: the latest position written there and its hash. A position is at
+        # least its order, so 0 means none, and the zeroed tables take memory only where written.
+        self.positions = np.zeros((len(orders), 1 << slot_bits(lookback)), np.int32)
         self.hashes = np.zeros((len(orders), 1 << slot_bits(lookback)), np.uint64)
         self.hits, self.tries = [0] * len(orders), [0] * len(orders)
         self.prefix = deque([0] * (max(orders) + 1), maxlen=max(orders) + 1)  # the latest of H[0..n], H[n] last
@@ -144,7 +151,7 @@ class Recaller:
             slot = key >> self.shift
             earlier, earlier_key = int(self.positions[o, slot]), int(self.hashes[o, slot])
             self.positions[o, slot], self.hashes[o, slot] = n, key
-            if earlier >= 0 and earlier_key == key and n - earlier + k <= self.lookback:
+            if earlier and earlier_key == key and n - earlier + k <= self.lookback:
                 self.guess = (self.bytes[earlier], o, earlier)
         if self.guess[0] >= 0:
             self.follow, self.follow_order = self.guess[2], self.guess[1]
@@ -152,7 +159,7 @@ class Recaller:
             self.follow += 1
 
 
-def mixed_surprisal(surprisal: np.ndarray, data: bytes, orders: tuple[int, ...], lookback: int) -> np.ndarray:
+def mixed_surprisal(surprisal: np.ndarray, data: bytes, orders: tuple[int, ...], lookback: int = LOOKBACK) -> np.ndarray:
     """Bits per byte with recall mixed in, from the neural model's own (score(..., recall=False)):
     the mixture's probability of the byte that came needs only the model's probability of it.
     Equal to score()'s with recall but for float rounding."""

@@ -68,8 +68,8 @@ def score(
 ) -> Scores:
     """Scores every byte of `data`; memory grows with batch·window, not with the input.
     `compiled` (from compile_scoring(model)) runs the batches of `batch` whole windows.
-    A model whose config has recall orders (model.recall) predicts with recall mixed in, its
-    lookback the model's context; `recall=False`: the neural model alone."""
+    A model whose config has recall orders (model.recall) predicts with recall mixed in (it looks
+    back over the whole input, up to recall.LOOKBACK); `recall=False`: the neural model alone."""
     p = model.patch_size
     window = window or model.context
     if window % (2 * p) or window > model.context:
@@ -87,7 +87,7 @@ def score(
     length = math.ceil(min(n, window) / p) * p
     orders = getattr(model.config, "recall", ()) if recall else ()
     if orders:  # from the bytes alone, so the whole input at once
-        predicted, weight = (torch.from_numpy(a) for a in recall_model.plan(data, orders, model.context))
+        predicted, weight = (torch.from_numpy(a) for a in recall_model.plan(data, orders))
     done = 0
     for i in range(0, len(plan), batch):
         group = plan[i : i + batch]

@@ -393,7 +393,10 @@ def test_short_inputs_go_as_several_rows_and_long_ones_as_rows_a_context_long():
     assert mbz.segment_count(1_000_000, 2048) == mbz.MAX_SEGMENTS
     assert mbz.segment_count(1_000_000, 65536) == 15
     assert mbz.segment_count(1_000_000, 131072) == 8  # 7 rows a context long would code fewer bytes a call
-    assert mbz.segment_count(10_000_000, 131072) == mbz.MAX_SEGMENTS
+    # each row holds a whole context's KV cache: a 10 MB claim on a long context gets 8 rows, not 64
+    assert mbz.segment_count(10_000_000, 131072) == 8
+    assert mbz.segment_count(10_000_000, 65536) == 16
+    assert mbz.segment_count(10_000_000, 2048) == mbz.MAX_SEGMENTS
 
 
 def test_decompress_takes_one_cached_local_step_per_byte(text_model):

@@ -103,14 +103,25 @@ def test_the_compile_cache_is_chosen_at_start_up_not_by_the_compile_thread(monke
     assert cache_dirs[-1] == str(service.COMPILE_CACHE / "inductor")
 
 
-def test_background_compile_takes_audio_at_steering_s_batch_and_images_at_every_bucket(tiny_checkpoints, monkeypatch):
-    compiled = []
-    monkeypatch.setattr(service, "compile_now", lambda model, buckets: compiled.append((model, buckets)))
-    monkeypatch.setattr(service, "compile_scoring_now", lambda model: compiled.append((model, "scoring")))
+def test_background_work_readies_every_fused_decoder_first_then_compiles_audio_at_steering_s_batch_and_images_at_every_bucket(
+        tiny_checkpoints, monkeypatch):
+    done = []
+    monkeypatch.setattr(service, "fast_decoder_now", lambda model: done.append((model, "fused")))
+    monkeypatch.setattr(service, "compile_now", lambda model, buckets: done.append((model, buckets)))
+    monkeypatch.setattr(service, "compile_scoring_now", lambda model: done.append((model, "scoring")))
     service.compile_in_background(tiny_checkpoints).join()
     audio, emoji, image, text = (service.load(tiny_checkpoints / name)[0] for name in ("audio", "emoji", "image", "text"))
-    assert compiled == [(audio, (8,)), *((model, (bucket,)) for bucket in (1, 2, 4, 8) for model in (emoji, image)),
-                        (text, "scoring"), (audio, "scoring"), (audio, (1,))]
+    assert done == [(audio, "fused"), (emoji, "fused"), (image, "fused"),
+                    (audio, (8,)), *((model, (bucket,)) for bucket in (1, 2, 4, 8) for model in (emoji, image)),
+                    (text, "scoring"), (audio, "scoring"), (audio, (1,))]
+
+
+def test_requests_take_the_fast_decoder_as_soon_as_it_is_made_before_anything_compiles():
+    model = tiny()
+    assert service.decoder(model).describe().startswith("eager, torch's layers")  # nothing made yet
+    fast = service.fast_decoder_now(model)
+    assert service.decoder(model) is fast and not fast.steps  # eager, on the fused step where it builds
+    assert service.decoder(model).describe() == fast.describe()
 
 
 def test_once_its_scoring_is_compiled_the_explorer_scores_full_batches_with_it(monkeypatch):
