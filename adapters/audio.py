@@ -244,7 +244,7 @@ STEERING = Steering(candidates=8, untruncated=0, seconds=0.125)
 FULL_SCALE_PENALTY = 10.0  # past any loudness mismatch a candidate shows (|log| 10 is 22,000×): a click loses
 
 
-def loudness_cost(prompt: bytes, layout: Layout) -> Callable[[bytes, bytes], float]:
+def loudness_cost(prompt: bytes, layout: Layout) -> Callable[[bytes], float]:
     """A cost for model.best_of.chunked_best_of that keeps a continuation as loud as the prompt's
     last second: |log(RMS of the chunk / RMS of that second)|, plus FULL_SCALE_PENALTY for a
     full-scale sample (a click) where the prompt has none."""
@@ -252,7 +252,7 @@ def loudness_cost(prompt: bytes, layout: Layout) -> Callable[[bytes, bytes], flo
     target = _rms(decode(prompt[-rate:], layout))
     clicks_allowed = any(code in prompt for code in FULL_SCALE)
 
-    def cost(chunk: bytes, made: bytes) -> float:
+    def cost(chunk: bytes) -> float:
         click = not clicks_allowed and any(code in chunk for code in FULL_SCALE)
         return abs(math.log(_rms(decode(chunk, layout)) / target)) + FULL_SCALE_PENALTY * click
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .generate import generate
+from .generate import Steer, generate, generate_stream
 from .sampling import Sampling
 from .score import Scores, score
 
@@ -41,22 +41,18 @@ def best_of(model, prompt: bytes, new_bytes: int, n: int, sampling: Sampling = S
     return min(candidates, key=lambda c: badness(continuation_scores(model, prompt, c), ranking))
 
 
-def chunked_best_of(model, prompt: bytes, new_bytes: int, n: int, chunk_bytes: int,
-                    cost: Callable[[bytes, bytes], float], sampling: Sampling = Sampling(), seed: int = 0,
-                    patch_step: Callable | None = None, fused: bool = False) -> Iterator[bytes]:
-    """Yields the continuation of `prompt` a chunk at a time, new_bytes in all: for each chunk of
-    `chunk_bytes` (the last may be shorter), n candidates drawn in one batch after the prompt and
-    the chunks kept so far, and the one `cost(candidate, kept_so_far)` rates lowest kept (the
-    first among equals). Steering a chunk at a time corrects a drift as it starts, where one pick
-    among whole continuations can only hope one of them never drifted. Each chunk draws from a
-    seed of its own, made from `seed` and the chunk's index. `patch_step` and `fused`: as generate's."""
-    if chunk_bytes < 1:
-        raise ValueError("a chunk must hold at least one byte.")
-    made = b""
-    for index, start in enumerate(range(0, new_bytes, chunk_bytes)):
-        chunk_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        candidates = generate(model, prompt + made, min(chunk_bytes, new_bytes - start), n, sampling, chunk_seed,
-                              patch_step=patch_step, fused=fused)
-        kept = min(candidates, key=lambda candidate: cost(candidate, made))
-        made += kept
-        yield kept
+def chunked_best_of(model, prompt: bytes, new_bytes: int, n: int, chunk_bytes: int, cost: Callable[[bytes], float],
+                    sampling: Sampling = Sampling(), seed: int = 0, patch_step: Callable | None = None,
+                    fused: bool = False) -> Iterator[bytes]:
+    """Yields the continuation of `prompt` a chunk at a time, new_bytes in all: n candidates drawn
+    in one batch, and after every `chunk_bytes` (the last chunk may be shorter) the one `cost`
+    rates lowest kept (the first among equals), all n going on from it (model.generate.Steer).
+    Steering a chunk at a time corrects a drift as it starts, where one pick among whole
+    continuations can only hope one of them never drifted. `patch_step`, `fused`: as generate's."""
+
+    def choose(chunk: np.ndarray) -> np.ndarray:
+        return np.full(n, min(range(n), key=lambda row: cost(chunk[row].tobytes())))
+
+    for part in generate_stream(model, prompt, new_bytes, n, sampling, seed, patch_step, fused,
+                                Steer(chunk_bytes, choose)):
+        yield part[0].tobytes()

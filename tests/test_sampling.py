@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 import math
 import os
 
@@ -9,6 +10,7 @@ from PIL import Image
 from scipy.stats import chisquare
 
 from model import MegaByteConfig, Sampling, build_model, generate
+from model.generate import Steer, generate_stream
 from adapters import Layout, audio
 from model.best_of import best_of, badness, chunked_best_of, continuation_scores
 from model import fused_step
@@ -165,25 +167,40 @@ def test_best_of_keeps_the_candidate_the_model_rates_best():
         best_of(model, b"abcd", 4, 2, ranking="loudest")
 
 
-def odd_bytes(chunk: bytes, made: bytes = b"") -> int:
+def odd_bytes(chunk: bytes) -> int:
     """A cost that prefers even bytes."""
     return sum(byte % 2 for byte in chunk)
 
 
-def test_chunked_best_of_keeps_the_cheapest_candidate_of_each_chunk():
+def test_chunked_best_of_keeps_the_cheapest_candidate_of_each_chunk_and_goes_on_from_it():
     torch.manual_seed(0)
     model = build_model(TINY).eval()
     rated = []
-    kept = list(chunked_best_of(model, b"abcd", 50, 4, 16, lambda chunk, made: rated.append((chunk, made)) or
-                                odd_bytes(chunk), Sampling(), seed=3))
+    kept = list(chunked_best_of(model, b"abcd", 50, 4, 16, lambda chunk: rated.append(chunk) or odd_bytes(chunk),
+                                Sampling(), seed=3))
     assert [len(chunk) for chunk in kept] == [16, 16, 16, 2]  # new_bytes exactly: the last chunk is what is left
-    for index, chunk in enumerate(kept):  # 4 candidates a chunk, each rated after the chunks kept before it
+    for index, chunk in enumerate(kept):  # 4 candidates a chunk
         candidates = rated[4 * index : 4 * index + 4]
-        assert {made for _, made in candidates} == {b"".join(kept[:index])}
-        assert len({candidate for candidate, _ in candidates}) == 4  # each drawn with its own noise
-        assert chunk == min((candidate for candidate, _ in candidates), key=odd_bytes)
+        assert len(set(candidates)) == 4  # each drawn with its own noise
+        assert chunk == min(candidates, key=odd_bytes)
     steered = b"".join(kept)
     assert odd_bytes(steered) < min(odd_bytes(plain) for plain in generate(model, b"abcd", 50, 8, Sampling(), 3))
+
+
+@pytest.mark.parametrize("recall", [(), (2, 4)])
+def test_a_steered_row_goes_on_exactly_as_the_row_it_was_copied_from(recall):
+    """Rows steered onto row 1 after 13 bytes draw what row 1 would have drawn unsteered, where
+    they have its noise: the caches, the patch in progress and recall's place all copied."""
+    torch.manual_seed(0)
+    model = build_model(replace(TINY, recall=recall)).eval()
+    prompt = b"abcabcabcab"
+    free = generate_stream(model, prompt, 40, 2, Sampling(), 5)
+    free = np.concatenate(list(free), axis=1)
+    steer = Steer(13, lambda chunk: np.array([1, 1]))
+    steered = np.concatenate(list(generate_stream(model, prompt, 40, 2, Sampling(), 5, steer=steer)), axis=1)
+    assert (steered[:, :13] == free[1, :13]).all()
+    assert (steered[1] == free[1]).all()  # row 1 goes on as it would have
+    assert not (steered[0, 13:] == free[0, 13:]).all()
 
 
 def test_chunked_best_of_is_the_same_for_a_seed():
@@ -195,6 +212,8 @@ def test_chunked_best_of_is_the_same_for_a_seed():
     assert steer(1, 0) == b""
     with pytest.raises(ValueError, match="at least one byte"):
         next(chunked_best_of(model, b"abcd", 8, 2, 0, odd_bytes))
+    with pytest.raises(ValueError, match="goes on from itself"):
+        list(generate_stream(model, b"abcd", 8, 3, steer=Steer(4, lambda chunk: np.array([1, 2, 2]))))
 
 
 def test_loudness_cost_ranks_quiet_and_clicking_chunks_below_one_as_loud_as_the_prompt():
@@ -204,10 +223,10 @@ def test_loudness_cost_ranks_quiet_and_clicking_chunks_below_one_as_loud_as_the_
     cost = audio.loudness_cost(prompt, layout)
     matching, quiet, loud = tone(0.3, 2000), tone(0.02, 2000), tone(0.95, 2000)
     clicking = matching[:1000] + bytes([255]) + matching[1001:]
-    assert cost(matching, b"") < 0.01 < cost(loud, b"") < cost(quiet, b"") < cost(clicking, b"")
-    assert cost(clicking, b"") > audio.FULL_SCALE_PENALTY  # a click loses to any quiet or loud candidate
+    assert cost(matching) < 0.01 < cost(loud) < cost(quiet) < cost(clicking)
+    assert cost(clicking) > audio.FULL_SCALE_PENALTY  # a click loses to any quiet or loud candidate
     clipped_prompt = prompt[:-1] + bytes([255])
-    assert audio.loudness_cost(clipped_prompt, layout)(clicking, b"") < 0.01  # the prompt has clicks: no penalty
+    assert audio.loudness_cost(clipped_prompt, layout)(clicking) < 0.01  # the prompt has clicks: no penalty
 
 
 def test_the_app_draws_by_each_modality_s_chosen_rule():
