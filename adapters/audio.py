@@ -222,8 +222,10 @@ class Steering:
         """chunked_best_of's (n, chunk_bytes, cost, sampling) for a continuation of `prompt`: each
         candidate drawn by `how`, but the last `untruncated` from every byte (at how's temperature
         and top-k), and loudness_cost to pick by."""
-        every_byte = Sampling(temperature=how.temperature, top_k=how.top_k)
-        rules = PerSample((how,) * (self.candidates - self.untruncated) + (every_byte,) * self.untruncated)
+        rules = how  # one rule for all: the knobs the compiled step was compiled with
+        if self.untruncated:
+            every_byte = Sampling(temperature=how.temperature, top_k=how.top_k)
+            rules = PerSample((how,) * (self.candidates - self.untruncated) + (every_byte,) * self.untruncated)
         return self.candidates, seconds_to_bytes(self.seconds, layout), loudness_cost(prompt, layout), rules
 
 

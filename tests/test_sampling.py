@@ -242,6 +242,20 @@ def test_the_app_draws_by_each_modality_s_chosen_rule():
         service.default_sampling("audio", top_p=0)
 
 
+def test_the_samplers_bench_chooses_audio_s_rule_by_failures_first_then_similarity_then_flatness():
+    from bench import samplers
+
+    def prompts(similarity, flatness, clicks=0, loud=0):
+        return [{"similarity": similarity, "flatness": flatness, "rms_drift": 1.0, "click": float(i < clicks),
+                 "loudness_fail": float(i < loud)} for i in range(3)]
+
+    measured = {"melody": {samplers.TODAY_NAME: prompts(0.9, 0.2, clicks=1), "quiet": prompts(0.95, 0.1, loud=1),
+                           "steady": prompts(0.7, 0.3), "also steady": prompts(0.8, 0.3), "flat": prompts(0.8, 0.1)}}
+    assert samplers.choose("audio", measured, list(measured["melody"])) == "flat"  # no failure, then similar, then flat
+    assert samplers.choose("audio", measured, [samplers.TODAY_NAME, "quiet", "steady"]) == "steady"
+    assert samplers.choose("audio", measured, [samplers.TODAY_NAME, "quiet"]) == "quiet"  # equal failures: similarity
+
+
 @pytest.mark.slow
 def test_samplers_bench_measures_every_rule_and_chooses_on_validation(tiny_checkpoints, tmp_path):
     from bench import samplers
