@@ -191,15 +191,20 @@ def spectral_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(log_a, log_b)[0, 1])
 
 
+def loudness(samples) -> float:
+    """RMS about the mean: what an ear hears, so a steady offset (a held µ-law code) is silence."""
+    clean = _clean(samples)
+    return float(np.sqrt(np.mean((clean - clean.mean()) ** 2))) + 1e-12
+
+
 def continuation_metrics(prompt_tail: np.ndarray, continuation: np.ndarray) -> dict[str, float]:
     """How a continuation compares with the end of its prompt, as a listener would judge it:
     its spectral flatness (noise is flat), its spectral similarity to the prompt's tail,
-    and its loudness drift (RMS of the continuation over the RMS of the tail)."""
-    rms = lambda x: float(np.sqrt(np.mean(_clean(x) ** 2)) + 1e-12)  # noqa: E731
+    and its loudness drift (the continuation's loudness over the tail's)."""
     return {"flatness": spectral_flatness(continuation),
             "prompt_flatness": spectral_flatness(prompt_tail),
             "similarity": spectral_similarity(prompt_tail, continuation),
-            "rms_drift": rms(continuation) / rms(prompt_tail)}
+            "rms_drift": loudness(continuation) / loudness(prompt_tail)}
 
 
 @dataclass(frozen=True)
@@ -248,18 +253,16 @@ FULL_SCALE_PENALTY = 10.0  # past any loudness mismatch a candidate shows (|log|
 
 def loudness_cost(prompt: bytes, layout: Layout) -> Callable[[bytes], float]:
     """A cost for model.best_of.chunked_best_of that keeps a continuation as loud as the prompt's
-    last second: |log(RMS of the chunk / RMS of that second)|, plus FULL_SCALE_PENALTY for a
-    full-scale sample (a click) where the prompt has none."""
+    last second: |log(the chunk's loudness / that second's)| (`loudness`: a held offset is
+    silence), plus FULL_SCALE_PENALTY for a full-scale sample (a click) where the prompt has none."""
     rate = layout.sample_rate
-    target = _rms(decode(prompt[-rate:], layout))
+    heard = lambda part: loudness(decode(part, layout) / 32768) + 1e-6  # noqa: E731 -- silence: |log| ~11
+    target = heard(prompt[-rate:])
     clicks_allowed = any(code in prompt for code in FULL_SCALE)
 
     def cost(chunk: bytes) -> float:
         click = not clicks_allowed and any(code in chunk for code in FULL_SCALE)
-        return abs(math.log(_rms(decode(chunk, layout)) / target)) + FULL_SCALE_PENALTY * click
+        return abs(math.log(heard(chunk) / target)) + FULL_SCALE_PENALTY * click
 
     return cost
 
-
-def _rms(pcm_int16: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((pcm_int16 / 32768) ** 2))) + 1e-6

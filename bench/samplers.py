@@ -111,9 +111,8 @@ def steered(model, prompt: bytes, new_bytes: int, layout: Layout, steering: audi
 def loudness_range(prompt_tail: np.ndarray, continuation: np.ndarray, rate: int) -> tuple[float, float]:
     """The quietest and loudest second of the continuation (a shorter one whole), as RMS over
     the prompt tail's."""
-    rms = lambda x: float(np.sqrt(np.mean(x**2)) + 1e-12)  # noqa: E731
     seconds = [continuation[i : i + rate] for i in range(0, len(continuation), rate)]
-    ratios = [rms(s) / rms(prompt_tail) for s in seconds]
+    ratios = [audio.loudness(s) / audio.loudness(prompt_tail) for s in seconds]
     return min(ratios), max(ratios)
 
 

@@ -225,6 +225,8 @@ def test_loudness_cost_ranks_quiet_and_clicking_chunks_below_one_as_loud_as_the_
     clicking = matching[:1000] + bytes([255]) + matching[1001:]
     assert cost(matching) < 0.01 < cost(loud) < cost(quiet) < cost(clicking)
     assert cost(clicking) > audio.FULL_SCALE_PENALTY  # a click loses to any quiet or loud candidate
+    held = bytes([200]) * 2000  # one µ-law code held: an offset, silent to the ear, whatever its RMS
+    assert cost(held) > cost(quiet) and audio.loudness(audio.decode(held, layout)) < 1e-9
     clipped_prompt = prompt[:-1] + bytes([255])
     assert audio.loudness_cost(clipped_prompt, layout)(clicking) < 0.01  # the prompt has clicks: no penalty
 
