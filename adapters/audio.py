@@ -234,19 +234,16 @@ class Steering:
         return self.candidates, seconds_to_bytes(self.seconds, layout), loudness_cost(prompt, layout), rules
 
 
-# No rule that draws bytes one at a time kept the general audio checkpoint's music as loud as
-# its prompt: continued for 4 s, min-p 0.1 (the default) faded below 0.3× the loudness of the
-# prompt's last second on all 3 validation clips (median 0.24×), and so did top-p 0.9, η,
-# LPCNet's floor and best-of-4; min-p 0.05 on 2, with 2 clicks (bench/results/samplers_audio_4s.md).
-# Truncated draws fade, and one pick among whole continuations has only faded ones to pick from.
-# Steering picks as it goes: for every 0.125 s, 8 candidates by min-p 0.1 in one batch, the one
-# nearest the prompt's loudness kept. It left 1 of the 3 clips too quiet, with no click, flatness
-# 0.27 and similarity 0.89 (min-p 0.1: 0.28, 0.87); on 4 melody tunes (1 s, samplers_melody.md)
-# it cut flatness to 0.18 from 0.24 and kept their loudness. Drawing 2 or 4 of the 8 from every
-# byte kept all 3 clips loud, but their noise lifted flatness to 0.47 and cut similarity to
-# 0.83-0.84, below top-p 0.9's 0.88, and the sampling lab puts similarity first. Fewer choices
-# steer less: in a first try (same clips, 2 seeds each) 4 per 0.25 s left 4 of 6 too quiet, 4 per
-# 0.125 s 2 of 6.
+# Chosen on validation (bench/results/samplers_audio.md: 3 prompts of 2 s per checkpoint, each
+# continued for 4 s, the general audio checkpoint with recall on): every rule that draws bytes one
+# at a time, and best-of-4 on whole continuations, clicked or left the prompt's loudness on at
+# least one prompt of melody or audio (min-p 0.1, the default: a click on music, a second out of 0.3-2x on a tune;
+# top-p 0.9 the same). Steering, which picks as it goes, did neither on any: for every 0.125 s, 8
+# candidates by the default rule in one batch, the one nearest the prompt's loudness kept, with
+# similarity 0.906 on music (top-p 0.9: 0.905) and 0.878 on tunes (0.816). Drawing 2 or 4 of the 8
+# from every byte changed nothing on music and cut similarity on tunes to 0.52-0.53. Before
+# recall, the 8 candidates all faded together on 3 of 6 validation clips (no rule kept the 3.8M
+# model's own music loud without recall's copies); 4 per 0.25 s steered less (4 of 6 too quiet).
 STEERING = Steering(candidates=8, untruncated=0, seconds=0.125)
 FULL_SCALE_PENALTY = 10.0  # past any loudness mismatch a candidate shows (|log| 10 is 22,000×): a click loses
 
