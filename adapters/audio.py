@@ -237,8 +237,8 @@ class Steering:
 # Chosen on validation (bench/results/samplers_audio.md: 3 prompts of 2 s per checkpoint, each
 # continued for 4 s, the general audio checkpoint with recall on): every rule that draws bytes one
 # at a time, and best-of-4 on whole continuations, clicked or left the prompt's loudness on at
-# least one prompt of melody or audio (min-p 0.1, the default: a click on music, a second out of 0.3-2x on a tune;
-# top-p 0.9 the same). Steering, which picks as it goes, did neither on any: for every 0.125 s, 8
+# least one prompt of melody or audio (min-p 0.1, the default: a click on music, a second outside
+# 0.3-2x on a tune; top-p 0.9 the same). Steering, which picks as it goes, did neither on any: for every 0.125 s, 8
 # candidates by the default rule in one batch, the one nearest the prompt's loudness kept, with
 # similarity 0.906 on music (top-p 0.9: 0.905) and 0.878 on tunes (0.816). Drawing 2 or 4 of the 8
 # from every byte changed nothing on music and cut similarity on tunes to 0.52-0.53. Before
