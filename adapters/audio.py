@@ -1,16 +1,20 @@
 """Audio ⇄ bytes: mono, 8-bit µ-law (one byte per sample) at the layout's sample rate."""
 
 import io
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 
-from model import Sampling
+from model import PerSample, Sampling
 
 from .common import AdapterError, read_source
 from .layout import Layout
 
 MU = 255
+FULL_SCALE = (0, 255)  # the µ-law codes of -1 and +1
 ZERO_CROSSINGS = 16  # half-width of the resampling filter, in sinc lobes: sharper cut-off, more work
 CHUNK = 8192  # output samples resampled at once, and frames read at once, to bound memory
 UNREADABLE = "The audio file is corrupt, truncated or in an unsupported format."
@@ -187,12 +191,75 @@ def spectral_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(log_a, log_b)[0, 1])
 
 
+def loudness(samples) -> float:
+    """RMS about the mean: what an ear hears, so a steady offset (a held µ-law code) is silence."""
+    clean = _clean(samples)
+    return float(np.sqrt(np.mean((clean - clean.mean()) ** 2))) + 1e-12
+
+
 def continuation_metrics(prompt_tail: np.ndarray, continuation: np.ndarray) -> dict[str, float]:
     """How a continuation compares with the end of its prompt, as a listener would judge it:
     its spectral flatness (noise is flat), its spectral similarity to the prompt's tail,
-    and its loudness drift (RMS of the continuation over the RMS of the tail)."""
-    rms = lambda x: float(np.sqrt(np.mean(_clean(x) ** 2)) + 1e-12)  # noqa: E731
+    and its loudness drift (the continuation's loudness over the tail's)."""
     return {"flatness": spectral_flatness(continuation),
             "prompt_flatness": spectral_flatness(prompt_tail),
             "similarity": spectral_similarity(prompt_tail, continuation),
-            "rms_drift": rms(continuation) / rms(prompt_tail)}
+            "rms_drift": loudness(continuation) / loudness(prompt_tail)}
+
+
+@dataclass(frozen=True)
+class Steering:
+    """How model.best_of.chunked_best_of steers a continuation: `candidates` drawn in one batch for
+    every `seconds`, the last `untruncated` of them from every byte, and the one loudness_cost
+    rates lowest kept."""
+
+    candidates: int
+    untruncated: int
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        """In words, for summaries and tables: "steered best of 8 per 0.125 s, 4 from every byte"."""
+        every_byte = f", {self.untruncated} from every byte" if self.untruncated else ""
+        return f"steered best of {self.candidates} per {self.seconds:g} s{every_byte}"
+
+    def plan(self, prompt: bytes, layout: Layout, how: Sampling) -> tuple:
+        """chunked_best_of's (n, chunk_bytes, cost, sampling) for a continuation of `prompt`: each
+        candidate drawn by `how`, but the last `untruncated` from every byte (at how's temperature
+        and top-k), and loudness_cost to pick by."""
+        rules = how  # one rule for all: the knobs the compiled step was compiled with
+        if self.untruncated:
+            every_byte = Sampling(temperature=how.temperature, top_k=how.top_k)
+            rules = PerSample((how,) * (self.candidates - self.untruncated) + (every_byte,) * self.untruncated)
+        return self.candidates, seconds_to_bytes(self.seconds, layout), loudness_cost(prompt, layout), rules
+
+
+# Chosen on validation (bench/results/samplers_audio.md: 3 prompts of 2 s per checkpoint, each
+# continued for 4 s, the general audio checkpoint with recall on): every rule that draws bytes one
+# at a time, and best-of-4 on whole continuations, clicked or left the prompt's loudness on at
+# least one prompt of melody or audio (min-p 0.1, the default: a click on music, a second outside
+# 0.3-2x on a tune; top-p 0.9 the same). Steering, which picks as it goes, did neither on any: for every 0.125 s, 8
+# candidates by the default rule in one batch, the one nearest the prompt's loudness kept, with
+# similarity 0.906 on music (top-p 0.9: 0.905) and 0.878 on tunes (0.816). Drawing 2 or 4 of the 8
+# from every byte changed nothing on music and cut similarity on tunes to 0.52-0.53. Before
+# recall, the 8 candidates all faded together on 3 of 6 validation clips (no rule kept the 3.8M
+# model's own music loud without recall's copies); 4 per 0.25 s steered less (4 of 6 too quiet).
+STEERING = Steering(candidates=8, untruncated=0, seconds=0.125)
+FULL_SCALE_PENALTY = 10.0  # past any loudness mismatch a candidate shows (|log| 10 is 22,000×): a click loses
+
+
+def loudness_cost(prompt: bytes, layout: Layout) -> Callable[[bytes], float]:
+    """A cost for model.best_of.chunked_best_of that keeps a continuation as loud as the prompt's
+    last second: |log(the chunk's loudness / that second's)| (`loudness`: a held offset is
+    silence), plus FULL_SCALE_PENALTY for a full-scale sample (a click) where the prompt has none."""
+    rate = layout.sample_rate
+    heard = lambda part: loudness(decode(part, layout) / 32768) + 1e-6  # noqa: E731 -- silence: |log| ~11
+    target = heard(prompt[-rate:])
+    clicks_allowed = any(code in prompt for code in FULL_SCALE)
+
+    def cost(chunk: bytes) -> float:
+        click = not clicks_allowed and any(code in chunk for code in FULL_SCALE)
+        return abs(math.log(heard(chunk) / target)) + FULL_SCALE_PENALTY * click
+
+    return cost
+

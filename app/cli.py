@@ -166,7 +166,7 @@ def generate_audio(args):
     model, layout, prompt = model_input(args, "audio", args.file, "continued", prompt_range, args.prompt_seconds,
                                         max_audio_seconds=args.prompt_seconds)
     new_bytes = adapters.audio.seconds_to_bytes(args.seconds, layout)
-    clips = continue_prompt(model, prompt, new_bytes, args)
+    clips = continue_prompt(model, prompt, new_bytes, args, adapters.audio.STEERING if args.steer else None, layout)
     save_all(args.out, [adapters.audio.to_wav_bytes(adapters.audio.decode(clip, layout), layout.sample_rate)
                         for clip in clips])
 
@@ -207,13 +207,17 @@ def load_checkpoint(args, modality: str):
     return service.load_for(modality, checkpoint_folder(args, modality))
 
 
-def continue_prompt(model, prompt: bytes, new_bytes: int, args) -> list[bytes]:
-    """The prompt followed by each sample's new bytes."""
+def continue_prompt(model, prompt: bytes, new_bytes: int, args, steering=None, layout=None) -> list[bytes]:
+    """The prompt followed by each sample's new bytes; with `steering` (adapters.audio.Steering),
+    audio of `layout` steered a chunk at a time, the rule and its cost said on stderr."""
     how = service.default_sampling(args.kind, args.temperature, args.top_k, args.top_p)
     if args.compile:
         service.use_compile_cache()
-        service.compile_now(model, (bucket_for(args.samples),))  # as the app does, in the foreground
-    stream = service.continue_bytes(model, prompt, new_bytes, args.samples, how, args.seed)
+        batch = steering.candidates if steering else args.samples
+        service.compile_now(model, (bucket_for(batch),))  # as the app does, in the foreground
+    if steering:
+        print(f"drawing by {service.rule_words(how, steering)}; --no-steer draws once", file=sys.stderr)
+    stream = service.continue_bytes(model, prompt, new_bytes, args.samples, how, args.seed, None, steering, layout)
     with progress_bar(new_bytes, "generating") as bar:
         parts = []
         for part in stream:
@@ -444,6 +448,8 @@ def build_parser() -> Parser:
                        help="how much to add (default: 1)")
     audio.add_argument("--out", type=Path, default=Path("continuation.wav"),
                        help="WAV to write (default: continuation.wav)")
+    audio.add_argument("--steer", action=argparse.BooleanOptionalAction, default=True,
+                       help=f"steer loudness: {service.STEER_INFO} (default: on; --no-steer draws once, faster)")
     audio.set_defaults(run=generate_audio)
     add_coding_commands(commands, checkpoint)
     return parser

@@ -435,20 +435,23 @@ class Studio:
         yield update(made, complete=True)
 
     def continue_audio(self, audio, prompt_seconds, new_seconds, temperature, top_k, seed, checkpoint=AUTO,
-                       progress=gr.Progress()):
+                       steer=True, progress=gr.Progress()):
         """Yields the prompt's analysis at once, the speed while it generates, then prompt +
-        continuation and how the continuation compares with the prompt's end."""
+        continuation and how the continuation compares with the prompt's end. `steer`: keep the
+        continuation as loud as the prompt's end (adapters.audio.STEERING)."""
         with shown_in_page("/continue_audio"):
             checkpoint = checkpoint or AUTO
             prompt_seconds = self.prompt_range(checkpoint).check(prompt_seconds)
             new_seconds = limits.CONTINUE_SECONDS.check(new_seconds)
             how, seed = sampling_settings(temperature, top_k, seed, "audio")
+            steer = limits.switch("Steer loudness", steer)
             path = required(audio, "a clip")
             read = self.generating(path, "audio", checkpoint, lambda name: prompt_seconds in self.prompt_range(name),
                                    "continued", max_audio_seconds=prompt_seconds)
-            yield from self.stream_continuation(read, checkpoint, new_seconds, how, seed, progress)
+            steering = adapters.audio.STEERING if steer else None
+            yield from self.stream_continuation(read, checkpoint, new_seconds, how, seed, steering, progress)
 
-    def stream_continuation(self, read: Reading, checkpoint: str, new_seconds, how, seed, progress):
+    def stream_continuation(self, read: Reading, checkpoint: str, new_seconds, how, seed, steering, progress):
         model, layout, prompt = read.model, read.layout, read.encoded
         rate = layout.sample_rate
         scored = service.score_bytes(model, prompt, progress=fraction(progress, "Scoring"))
@@ -460,14 +463,16 @@ class Studio:
         yield (rate, prompt_pcm), views.waveform(prompt_pcm, rate), "", curve, f"{about}\n\n{estimate}"
         wanted = adapters.audio.seconds_to_bytes(new_seconds, layout)
         parts, made, start, last, how_run = [], 0, time.perf_counter(), 0.0, service.GenerationStatus()
-        for part in service.continue_bytes(model, prompt, wanted, 1, how, seed, status=how_run):
+        drawn = f"Drawn by {service.rule_words(how, steering)}."
+        for part in service.continue_bytes(model, prompt, wanted, 1, how, seed, how_run, steering, layout):
             parts.append(part)
             made += part.shape[1]
             if time.perf_counter() - last > PROGRESS_EVERY_SECONDS:  # each yield is where a Stop can end it
                 last = time.perf_counter()
                 speed = made / (last - start)
                 status = (f"Generated {made / rate:.2f} of {wanted / rate:.2f} s in {last - start:.1f} s "
-                          f"({speed:,.0f} bytes/s, {decoding_path(how_run)}; about {(wanted - made) / speed:.0f} s left).")
+                          f"({speed:,.0f} bytes/s, {decoding_path(how_run)}; about {(wanted - made) / speed:.0f} s left). "
+                          f"{drawn}")
                 progress(made / wanted, desc=f"Generating at {speed:,.0f} bytes/s")
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"{about}\n\n{status}"
         took = time.perf_counter() - start
@@ -478,7 +483,7 @@ class Studio:
         measures = views.continuation_measures(
             adapters.audio.continuation_metrics(tail / 32768, pcm[len(prompt) :] / 32768))
         made = (f"Generated {wanted / rate:.2f} of {wanted / rate:.2f} s in {took:.1f} s ({wanted / took:,.0f} bytes/s, "
-                f"{decoding_path(how_run)}).")
+                f"{decoding_path(how_run)}). {drawn}")
         yield (rate, pcm), views.waveform(pcm, rate, len(prompt) / rate), measures, curve, f"{about}\n\n{made}"
 
     def explorer_input(self, text, file, kind) -> tuple[bytes, str, str]:

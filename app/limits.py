@@ -73,6 +73,13 @@ SEED = Range("Seed", 0, MAX_SEED, whole=True)
 CONTINUE_SECONDS = Range("Seconds to continue", 0.25, MAX_CONTINUE_SECONDS)
 
 
+def switch(name: str, value) -> bool:
+    """An on/off control's value, which an API client might send as anything."""
+    if not isinstance(value, bool):
+        raise UserError(f"{name}: true or false, not {value!r}.")
+    return value
+
+
 def rows(image_size: int, block_side: int = 1) -> Range:
     """Top rows to keep: at least one, and at least one row (or row of blocks) left to make."""
     return Range("Top rows to keep", 1, image_size - block_side, whole=True)

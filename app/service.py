@@ -23,10 +23,11 @@ import torch
 import adapters
 from adapters import AdapterError, Layout
 from adapters.common import read_source
-from model import (BATCH_BUCKETS, CheckpointError, Decoder, GenerationStatus, Sampling, Scores, compile_scoring,
-                   score, stream_bytes)
+from model import (BATCH_BUCKETS, CheckpointError, Decoder, GenerationStatus, Sampling, Scores, bucket_for,
+                   compile_scoring, score, stream_bytes)
 from model.hardware import bf16_faster
 import model.compress as mbz
+from model.best_of import chunked_best_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ROOT / "checkpoints"
@@ -229,18 +230,56 @@ def choose_checkpoint(source, modality: str, folders, max_audio_seconds: float |
 
 
 def continue_bytes(model, prompt: bytes, new_bytes: int, samples: int, how: Sampling, seed: int = 0,
-                   status: GenerationStatus | None = None):
+                   status: GenerationStatus | None = None, steering: adapters.audio.Steering | None = None,
+                   layout: Layout | None = None):
     """model.stream_bytes on the model's decoder (see `decoder`), the request checked first:
     yields the new bytes (samples, m) as they are made; `status.path` says which decoder ran;
-    stopped with a UserError past its Budget."""
+    stopped with a UserError past its Budget. With `steering`, audio of `layout` is steered a
+    chunk at a time (steered_bytes), drawing steering.candidates times the bytes."""
     if new_bytes < 1:
         raise UserError("Ask for at least one new byte.")
     if not 1 <= samples <= BATCH_BUCKETS[-1]:
         raise UserError(f"The number of samples must be between 1 and {BATCH_BUCKETS[-1]}.")
-    budget = Budget.for_bytes("Generating", new_bytes * samples, GENERATE_BYTES_PER_SECOND)
-    for part in stream_bytes(decoder(model), prompt, new_bytes, samples, how, seed, status):
+    draws = steering.candidates if steering else 1
+    budget = Budget.for_bytes("Generating", new_bytes * samples, GENERATE_BYTES_PER_SECOND / draws)
+    if steering:
+        stream = steered_bytes(decoder(model), prompt, new_bytes, samples, how, seed, status, steering, layout)
+    else:
+        stream = stream_bytes(decoder(model), prompt, new_bytes, samples, how, seed, status)
+    for part in stream:
         budget.check()
         yield part
+
+
+# What audio's steering does, as the view and the command line say it.
+STEER_INFO = (f"draw {adapters.audio.STEERING.candidates} candidates for every {adapters.audio.STEERING.seconds:g} s "
+              "and keep the one nearest the prompt's loudness, without a click the prompt lacks")
+
+
+def steered_bytes(decoder: Decoder, prompt: bytes, new_bytes: int, samples: int, how: Sampling, seed: int,
+                  status: GenerationStatus | None, steering: adapters.audio.Steering, layout: Layout):
+    """As stream_bytes yields, a chunk at a time: each sample its own model.best_of.chunked_best_of
+    (seed + its index) as steering plans it, the samples in step; each chunk's candidates one batch
+    on the decoder."""
+    status = status or GenerationStatus()
+    n, chunk_bytes, cost, rules = steering.plan(prompt, layout, how)
+    status.path = decoder.describe(n, rules)
+    streams = [chunked_best_of(decoder.model, prompt, new_bytes, n, chunk_bytes, cost, rules, seed + sample,
+                               decoder.step_for(n, rules), decoder.fused)
+               for sample in range(samples)]
+    start, made = time.perf_counter(), 0
+    for chunks in zip(*streams):
+        made += len(chunks[0])
+        status.bytes_per_second = samples * made / (time.perf_counter() - start)
+        yield np.frombuffer(b"".join(chunks), np.uint8).reshape(samples, -1)
+
+
+def rule_words(how: Sampling, steering: adapters.audio.Steering | None) -> str:
+    """The rule a generation drew by, and what steering cost: "min_p 0.1, steered best of 8 per 0.125 s,
+    4 from every byte (8 candidates drawn for each byte kept)"."""
+    if not steering:
+        return how.describe()
+    return f"{how.describe()}, {steering.name} ({steering.candidates} candidates drawn for each byte kept)"
 
 
 def use_compile_cache():
@@ -298,19 +337,22 @@ def compile_scoring_now(model):
 
 def compile_in_background(checkpoints: str | Path = CHECKPOINTS) -> threading.Thread:
     """Compiles, in a daemon thread, the decoding step of every checkpoint that generates:
-    audio ones at batch 1 (the app continues one clip), image ones at every bucket, the
-    smallest batches first; then the scoring forward of the text and audio checkpoints (an
-    image is one window: its scoring never fills a batch). Nobody waits: requests that come
+    audio ones at the batch of steering's candidates (the app continues one clip, steered by
+    default), image ones at every bucket, the smallest batches first; then the scoring forward
+    of the text and audio checkpoints (an image is one window: its scoring never fills a batch);
+    last, audio at batch 1, for continuations not steered. Nobody waits: requests that come
     first run eagerly."""
     audio = adapters.checkpoints.catalog(checkpoints, "audio")
     images = adapters.checkpoints.catalog(checkpoints, "image")
+    compiling = lambda folders, bucket: [(f"Decoding at batch {bucket}, compiled,", folder,  # noqa: E731
+                                          partial(compile_now, buckets=(bucket,))) for folder in folders]
     # (what is made ready, the checkpoint, how): first the fused step, eager, for every checkpoint
     jobs = [("The fused C++ decoding step (eager)", folder, fast_decoder_now) for folder in [*audio, *images]]
-    jobs += [("Decoding at batch 1, compiled,", folder, partial(compile_now, buckets=(1,))) for folder in audio]
-    jobs += [(f"Decoding at batch {bucket}, compiled,", folder, partial(compile_now, buckets=(bucket,)))
-             for bucket in BATCH_BUCKETS for folder in images]
+    jobs += compiling(audio, bucket_for(adapters.audio.STEERING.candidates))
+    jobs += [job for bucket in BATCH_BUCKETS for job in compiling(images, bucket)]
     jobs += [("Scoring, compiled,", folder, compile_scoring_now)
              for folder in [*adapters.checkpoints.catalog(checkpoints, "text"), *audio]]
+    jobs += compiling(audio, 1)
 
     def work():
         start = time.perf_counter()

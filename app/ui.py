@@ -191,6 +191,7 @@ def audio_tab(studio: Studio):
                 label=f"Seconds to continue (at most {limits.MAX_CONTINUE_SECONDS:g})"))
             estimate = gr.Markdown(studio.estimate(1, AUTO), label="How long it will take", elem_id="audio-estimate")
             temperature, top_k, seed = sampling_controls()
+            steer = gr.Checkbox(True, label="Steer loudness", info=f"{service.STEER_INFO}; off: one draw", elem_id="steer")
             go, stop = run_buttons("Continue")
         with gr.Column():
             result = gr.Audio(label="Prompt + continuation", type="numpy", format="wav",
@@ -203,7 +204,8 @@ def audio_tab(studio: Studio):
                       api_visibility="private")
     new_seconds.change(studio.estimate, [new_seconds, checkpoint], estimate, api_visibility="private",
                        queue=False, show_progress="hidden")
-    event = wire(go, studio.continue_audio, [audio, prompt_seconds, new_seconds, temperature, top_k, seed, checkpoint],
+    event = wire(go, studio.continue_audio,
+                 [audio, prompt_seconds, new_seconds, temperature, top_k, seed, checkpoint, steer],
                  [result, wave, measures, curve, summary], "continue_audio", stop, summary,
                  progress_on=result)  # the prompt's plots stay in view
     event.then(studio.estimate, [new_seconds, checkpoint], estimate, api_visibility="private", queue=False)

@@ -3,7 +3,9 @@
 Each rule continues the same held-out prompts: top-p 0.9 (today's default),
 min-p, η-sampling, LPCNet's probability floor and its peak sharpening (model.sampling), and
 best-of-N (model.best_of: N continuations drawn in one batch, the model's likeliest or most
-typical kept).
+typical kept), and for audio the loudness steering (adapters.audio.Steering: N candidates a
+chunk, the one nearest the prompt's loudness kept, model.best_of.chunked_best_of), with none,
+two or half of the candidates drawn from every byte instead of by the default rule.
 
 - Audio (melody and general audio checkpoints): a 2 s prompt from bench.continuation's clips,
   continued; bench.continuation's flatness, similarity and loudness drift, plus the failures
@@ -14,25 +16,28 @@ typical kept).
   the colour histograms of the completed and the kept half.
 
 `--split validation` (the default) measures every rule on validation data and chooses one per
-medium; `--split test` measures today's rule and best-of-N against the adapters' defaults (the
-rules chosen on validation) on the test splits. The photo and general audio data have no test
+medium; `--split test` measures today's rule, best-of-N and audio's steering against the adapters'
+defaults (the rules chosen on validation) on the test splits. The photo and general audio data have no test
 split: their validation clips are dealt alternately to the two runs, so the report never sees a
 clip that chose.
 Writes bench/results/samplers.md (validation) or samplers_test.md (test); with one of
-`--media`, samplers_audio.md, samplers_test_image.md and so on.
+`--media`, samplers_audio.md, samplers_test_image.md and so on. `--only` measures some checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import torch
+from matplotlib.figure import Figure  # without pyplot: no GUI backend, PNGs are drawn by Agg
 from tqdm import tqdm
 
 from adapters import AdapterError, Layout, audio, image
@@ -42,8 +47,8 @@ from bench.compression import markdown_table, read_manifest, read_split
 from bench.continuation import PROMPT_SECONDS, START_SECONDS, clips, floats
 from bench.figures import spread
 from bench.provenance import measured_line
-from model import CheckpointError, Sampling, generate
-from model.best_of import RANKINGS, badness, continuation_scores
+from model import CheckpointError, Sampling, generate, read_config
+from model.best_of import RANKINGS, badness, chunked_best_of, continuation_scores
 from model.sampling import PerSample
 
 TODAY_NAME, TODAY = "top-p 0.9 (today)", Sampling(top_p=0.9)
@@ -58,15 +63,17 @@ RULES = {
     "min-p 0.05 + sharpen 1": Sampling(min_p=0.05, sharpen=1),
 }
 BEST_OF = 4  # candidates per best-of-N draw, today's rule; one batch serves both rankings
+# audio's steering with 0, 2 or half of its candidates drawn from every byte (the app's is one of them)
+STEERINGS = tuple(replace(audio.STEERING, untruncated=every) for every in (0, 2, audio.STEERING.candidates // 2))
 # checkpoint: (medium, data folder, validation split, test split)
 BENCHES = {"melody": ("audio", "melody", "val", "test"), "audio": ("audio", "audio", "val_music", "val_music"),
            "emoji": ("image", "emoji", "val", "test"), "image": ("image", "image", "val", "val")}
 LOUDNESS = (0.3, 2.0)  # a second of continuation outside these times the prompt's last second's RMS fails
 FULL_SCALE = (0, 255)  # µ-law codes of -1 and +1
 COLOUR_LEVELS = 4  # per channel, so 64 colour bins
-CHOOSING = {"audio": "Of the rules whose median similarity is at least today's on every checkpoint, the one with "
-                     "the fewest clicks and loudness failures, then the lowest flatness relative to today's (mean "
-                     "over checkpoints).",
+CHOOSING = {"audio": "The fewest clicks and loudness failures over all checkpoints' prompts (what the general audio "
+                     "checkpoint must not do); among those, the highest median similarity relative to today's, then "
+                     "the lowest median flatness relative to today's (means over checkpoints).",
             "image": "The lowest median colour distance, mean over checkpoints."}
 
 
@@ -95,12 +102,17 @@ def continuations(model, prompt: bytes, new_bytes: int, rules: dict[str, Samplin
     return out
 
 
+def steered(model, prompt: bytes, new_bytes: int, layout: Layout, steering: audio.Steering, seed: int) -> bytes:
+    """The continuation `steering` makes (adapters.audio.Steering.plan), drawn by the adapter's rule."""
+    return b"".join(chunked_best_of(model, prompt, new_bytes, *steering.plan(prompt, layout, audio.DEFAULT_SAMPLING),
+                                    seed))
+
+
 def loudness_range(prompt_tail: np.ndarray, continuation: np.ndarray, rate: int) -> tuple[float, float]:
     """The quietest and loudest second of the continuation (a shorter one whole), as RMS over
     the prompt tail's."""
-    rms = lambda x: float(np.sqrt(np.mean(x**2)) + 1e-12)  # noqa: E731
     seconds = [continuation[i : i + rate] for i in range(0, len(continuation), rate)]
-    ratios = [rms(s) / rms(prompt_tail) for s in seconds]
+    ratios = [audio.loudness(s) / audio.loudness(prompt_tail) for s in seconds]
     return min(ratios), max(ratios)
 
 
@@ -112,6 +124,33 @@ def audio_measures(prompt: bytes, made: bytes, layout: Layout) -> dict[str, floa
     return {**audio.continuation_metrics(tail, continuation),
             "click": float(not prompt_full_scale and any(b in FULL_SCALE for b in made)),
             "loudness_fail": float(not LOUDNESS[0] <= quietest <= loudest <= LOUDNESS[1])}
+
+
+def spectrograms(drawn: list, rules: list[str], layout: Layout, title: str, out: Path):
+    """One row per prompt, one column per rule: the spectrogram of prompt + continuation, titled with
+    the continuation's quietest and loudest second against the prompt's last and whether it clicks.
+    Written in 64 colours, which a spectrogram needs, to keep the PNG small."""
+    rate = layout.sample_rate
+    fig = Figure(figsize=(5.5 * len(rules), 0.6 + 2.2 * len(drawn)))
+    axes = fig.subplots(len(drawn), len(rules), squeeze=False, sharex=True, sharey=True)
+    for number, (row, (prompt, made_by)) in enumerate(zip(axes, drawn), 1):
+        for ax, rule in zip(row, rules):
+            made = made_by[rule]
+            quietest, loudest = loudness_range(floats(prompt[-rate:], layout), floats(made, layout), rate)
+            clicks = "a click" if audio_measures(prompt, made, layout)["click"] else "no click"
+            ax.specgram(floats(prompt + made, layout), NFFT=256, Fs=rate, noverlap=128, cmap="magma", vmin=-110,
+                        vmax=-10)
+            ax.axvline(len(prompt) / rate, color="white", linestyle="--")
+            ax.set_title(f"clip {number}, {rule}:\nseconds {quietest:.2f}–{loudest:.2f}× the prompt's last, {clicks}",
+                         fontsize=9)
+        row[0].set_ylabel("Hz")
+    for ax in axes[-1]:
+        ax.set_xlabel("seconds (dashed: the continuation starts)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72)
+    PIL.Image.open(buffer).quantize(64).save(out, optimize=True)
 
 
 def colour_histogram(pixels: np.ndarray) -> np.ndarray:
@@ -148,9 +187,10 @@ def image_prompts(folder: Path, split: str, layout: Layout, count: int, part: in
     return [data[s : s + kept] for s in starts]
 
 
-def measure(name: str, folder: Path, data: Path, split_index: int, size: Size,
-            rules: dict[str, Sampling]) -> dict[str, list[dict]]:
-    """{rule: [the measures of each prompt]} for checkpoint `name`."""
+def measure(name: str, folder: Path, data: Path, split_index: int, size: Size, rules: dict[str, Sampling],
+            drawn: list | None = None) -> dict[str, list[dict]]:
+    """{rule: [the measures of each prompt]} for checkpoint `name`; `drawn` gets (prompt, {rule:
+    continuation}) for each prompt."""
     medium, data_name, *splits = BENCHES[name]
     model, layout = load_for(medium, folder / name)
     split = splits[split_index]
@@ -165,9 +205,15 @@ def measure(name: str, folder: Path, data: Path, split_index: int, size: Size,
         raise compression.BenchError(f"{data / data_name}/{split}.bin holds nothing long enough to prompt with.")
     results: dict[str, list[dict]] = {}
     for seed, prompt in enumerate(tqdm(prompts, desc=f"{name} ({split})", unit="prompt")):
-        for rule, made in continuations(model, prompt, new_bytes, rules, seed).items():
+        made_by = continuations(model, prompt, new_bytes, rules, seed)
+        if medium == "audio":
+            made_by.update({steering.name: steered(model, prompt, new_bytes, layout, steering, seed)
+                            for steering in STEERINGS})
+        for rule, made in made_by.items():
             results.setdefault(rule, []).append(audio_measures(prompt, made, layout) if medium == "audio"
                                                 else image_measures(model, prompt, made, layout))
+        if drawn is not None:
+            drawn.append((prompt, made_by))
     return results
 
 
@@ -196,16 +242,15 @@ def choose(medium: str, measured: dict[str, dict[str, list[dict]]], candidates) 
         return min(candidates, key=lambda rule: np.mean(
             [medians(results[rule])["colour_distance"] for results in measured.values()]))
 
+    def relative(rule, measure):
+        return np.mean([medians(results[rule])[measure] / max(medians(results[today])[measure], 1e-9)
+                        for results in measured.values()])
+
     def key(rule):
         failures = sum(p["click"] + p["loudness_fail"] for results in measured.values() for p in results[rule])
-        flatness = np.mean([medians(results[rule])["flatness"] / medians(results[today])["flatness"]
-                            for results in measured.values()])
-        return failures, flatness
+        return failures, -relative(rule, "similarity"), relative(rule, "flatness")
 
-    similar = [rule for rule in candidates
-               if all(medians(results[rule])["similarity"] >= medians(results[today])["similarity"]
-                      for results in measured.values())]
-    return min(similar, key=key)
+    return min(candidates, key=key)
 
 
 def main(argv=None):
@@ -226,6 +271,11 @@ def main(argv=None):
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     parser.add_argument("--data", type=Path, default=Path("data"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--figure", type=Path, metavar="PNG",
+                        help="also draw the audio checkpoint's continuations by the default rule and steered as "
+                             "spectrograms, one row per prompt (e.g. docs/audio_steered.png)")
+    parser.add_argument("--only", help=f"comma-separated checkpoint names (default: every one of the media: "
+                                       f"{', '.join(BENCHES)})")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
@@ -233,6 +283,11 @@ def main(argv=None):
     size = Size(args.clips or size.clips, args.seconds or size.seconds, args.images or size.images)
     if min(size.clips, size.seconds, size.images) <= 0:
         sys.exit("bench.samplers: --clips, --seconds and --images must be positive.")
+    names = args.only.split(",") if args.only else list(BENCHES)
+    if unknown := set(names) - set(BENCHES):
+        sys.exit(f"bench.samplers: --only takes {', '.join(BENCHES)}, not {', '.join(sorted(unknown))}.")
+    if args.figure and ("audio" not in args.media or "audio" not in names):
+        sys.exit("bench.samplers: --figure draws the audio checkpoint's continuations: measure it (--media audio).")
     testing = args.split == "test"
     # one file per split, and per medium when only one is measured
     one_medium = f"_{args.media[0]}" if len(set(args.media)) == 1 else ""
@@ -240,27 +295,46 @@ def main(argv=None):
     defaults = {"audio": audio.DEFAULT_SAMPLING, "image": image.DEFAULT_SAMPLING}
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     measured: dict[str, dict[str, dict[str, list[dict]]]] = {medium: {} for medium in args.media}
+    drawn: list = []  # the audio checkpoint's prompts and continuations, for --figure
     try:
         for name, (medium, *_) in BENCHES.items():
-            if medium not in measured:
+            if medium not in measured or name not in names:
                 continue
             rules = {TODAY_NAME: TODAY, "default": defaults[medium]} if testing else RULES
-            measured[medium][name] = measure(name, args.checkpoints, args.data, int(testing), size, rules)
+            measured[medium][name] = measure(name, args.checkpoints, args.data, int(testing), size, rules,
+                                             drawn if name == "audio" else None)
     except (compression.BenchError, continuation.BenchError, CheckpointError, AdapterError) as e:
         sys.exit(f"bench.samplers: {e}")
+    if args.figure:
+        default = "default" if testing else next(name for name, rule in RULES.items() if rule == audio.DEFAULT_SAMPLING)
+        _, data_name, *splits = BENCHES["audio"]
+        spectrograms(drawn, [default, audio.STEERING.name],
+                     Layout.from_dict(read_config(args.checkpoints / "audio")["layout"]),
+                     f"The audio checkpoint continues held-out music ({args.data / data_name}/{splits[int(testing)]}"
+                     f".bin, the {args.split} side) for {size.seconds:g} s:\n{default} ({audio.DEFAULT_SAMPLING.describe()}) "
+                     f"and {audio.STEERING.name}. Asked: each second 0.3–2× the prompt's last, no click.",
+                     args.figure)
     lines = [f"# Sampling rules on the {args.split} split{' (quick)' if args.quick else ''}", "",
              measured_line("bench.samplers", started, time.perf_counter() - clock, argv), "",
              f"Audio: {size.clips} prompts of {PROMPT_SECONDS:g} s per checkpoint ({START_SECONDS:g} s into each "
              f"tune or clip when it is long enough), each continued for {size.seconds:g} s. Images: {size.images} "
              "per checkpoint, the top half kept. All rules continue each prompt in one batch "
-             "(model.sampling.PerSample), each sample with its own noise. Medians over prompts; clicks and loudness "
-             "failures counted.", "", "## Rules tried", ""]
+             "(model.sampling.PerSample), each sample with its own noise, but audio's steering, which draws its "
+             "own batch for each chunk. Medians over prompts; clicks and loudness failures counted.", "",
+             "## Rules tried", ""]
     tried = {TODAY_NAME: TODAY, **({"default": None} if testing else RULES)}
     for rule, how in tried.items():
         lines.append(f"- {rule}: " + (how.describe() if how else "the adapter's DEFAULT_SAMPLING: "
                                        f"audio {defaults['audio'].describe()}; images {defaults['image'].describe()}"))
     lines.append(f"- best of {BEST_OF}: {BEST_OF} continuations at top-p 0.9 in one batch; by likelihood: the "
                  "lowest mean surprisal under the model; typical: mean surprisal closest to the mean entropy")
+    if "audio" in measured:
+        lines += [f"- {steering.name} (audio): {steering.candidates} candidates in one batch for every "
+                  f"{steering.seconds:g} s, {steering.candidates - steering.untruncated} by the default rule "
+                  f"({defaults['audio'].describe()}) and {steering.untruncated} from every byte; the one nearest the "
+                  "prompt's last second in loudness kept, and one with a click the prompt lacks only where all have "
+                  "one (adapters.audio.loudness_cost)" + ("; the app's default" if steering == audio.STEERING else "")
+                  for steering in STEERINGS]
     for medium, per_checkpoint in measured.items():
         for name, results in per_checkpoint.items():
             _, data_name, *splits = BENCHES[name]
@@ -269,13 +343,15 @@ def main(argv=None):
             lines += ["", f"## {name} checkpoint: `{args.data / data_name}/{split}.bin`{dealt}", "",
                       table(medium, results)]
         if not testing:
-            best = choose(medium, per_checkpoint, [*RULES, *best_of_names()])
+            streamed = [*RULES, *(steering.name for steering in STEERINGS if medium == "audio")]
+            best = choose(medium, per_checkpoint, [*streamed, *best_of_names()])
             lines += ["", f"**Chosen for {medium}: {best}**; of the rules a streamed generation can use (knobs "
-                      f"only): **{choose(medium, per_checkpoint, RULES)}**. {CHOOSING[medium]}"]
+                      f"only, or steered a chunk at a time): **{choose(medium, per_checkpoint, streamed)}**. "
+                      f"{CHOOSING[medium]}"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"Wrote {out}")
+    print(f"Wrote {out}" + (f" and {args.figure}" if args.figure else ""))
 
 
 if __name__ == "__main__":

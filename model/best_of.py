@@ -1,8 +1,13 @@
-"""Best-of-N: draw N continuations in one batch and keep the one the model itself rates best."""
+"""Best-of-N: draw N continuations in one batch and keep the one the model itself rates best, or,
+chunk by chunk, the one a caller's cost rates best."""
 
 from __future__ import annotations
 
-from .generate import generate
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from .generate import Steer, generate, generate_stream
 from .sampling import Sampling
 from .score import Scores, score
 
@@ -34,3 +39,20 @@ def best_of(model, prompt: bytes, new_bytes: int, n: int, sampling: Sampling = S
         raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}, not {ranking!r}.")
     candidates = generate(model, prompt, new_bytes, n, sampling, seed)
     return min(candidates, key=lambda c: badness(continuation_scores(model, prompt, c), ranking))
+
+
+def chunked_best_of(model, prompt: bytes, new_bytes: int, n: int, chunk_bytes: int, cost: Callable[[bytes], float],
+                    sampling: Sampling = Sampling(), seed: int = 0, patch_step: Callable | None = None,
+                    fused: bool = False) -> Iterator[bytes]:
+    """Yields the continuation of `prompt` a chunk at a time, new_bytes in all: n candidates drawn
+    in one batch, and after every `chunk_bytes` (the last chunk may be shorter) the one `cost`
+    rates lowest kept (the first among equals), all n going on from it (model.generate.Steer).
+    Steering a chunk at a time corrects a drift as it starts, where one pick among whole
+    continuations can only hope one of them never drifted. `patch_step`, `fused`: as generate's."""
+
+    def choose(chunk: np.ndarray) -> np.ndarray:
+        return np.full(n, min(range(n), key=lambda row: cost(chunk[row].tobytes())))
+
+    for part in generate_stream(model, prompt, new_bytes, n, sampling, seed, patch_step, fused,
+                                Steer(chunk_bytes, choose)):
+        yield part[0].tobytes()

@@ -32,6 +32,17 @@ from .sampling import Sampling, rules_outside_cxx, sample
 BATCH_BUCKETS = (1, 2, 4, 8)
 
 
+@dataclass(frozen=True)
+class Steer:
+    """Best-of a chunk at a time within one generation: after every `every` new bytes, and after
+    the last, `choose` gets the chunk each row drew since its last choice, (B, m) uint8, and
+    returns for each row the row it goes on from, whose chunk it takes and whose state it copies
+    (a row chosen goes on from itself). Nothing is drawn or prefilled twice."""
+
+    every: int
+    choose: Callable[[np.ndarray], np.ndarray]
+
+
 def slide_window(model) -> int:
     """How many bytes generation keeps when the sequence reaches the model's context:
     the most recent half of the context, rounded down to whole patches."""
@@ -48,6 +59,7 @@ def generate_stream(
     seed: int = 0,
     patch_step: Callable | None = None,
     fused: bool = False,
+    steer: Steer | None = None,
 ) -> Iterator[np.ndarray]:
     """Yields uint8 arrays (samples, m) of new bytes, a patch at a time (single bytes
     until the first patch boundary).
@@ -69,11 +81,16 @@ def generate_stream(
     occurrence is kept past a drawn patch (Recaller.continuation), so a tune goes on as it went
     before instead of ending at the first patch the model draws. Measured in bench.samplers.
     The coin flips come from a generator of their own, so they never shift the bytes' uniforms.
+
+    With `steer` (Steer), the rows go on from the ones it chooses, a chunk at a time, and each
+    chunk is yielded once chosen, each row's the chunk it goes on from.
     """
     if max_new_bytes < 0:
         raise ValueError("the number of bytes to generate cannot be negative.")
     if samples < 1:
         raise ValueError("at least one sample must be asked for.")
+    if steer and steer.every < 1:
+        raise ValueError("a steered chunk must hold at least one byte.")
     device = next(model.parameters()).device
     p = model.patch_size
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -92,7 +109,7 @@ def generate_stream(
     draw = fused_step.sample if fused_sampling else sample
     patch_step = patch_step or functools.partial(model.patch_step, fused=fused, fused_sampling=fused_sampling)
     logits, state = model.prefill(history, fused)
-    length, made, recent = history.shape[1], 0, []
+    length, made, recent, chunk = history.shape[1], 0, [], []
     while made < max_new_bytes:
         whole_patch = length % p == 0 and length + p < model.context and made + p <= max_new_bytes
         uniform = torch.rand(samples, p if whole_patch else 1, generator=generator, device=device)
@@ -107,7 +124,16 @@ def generate_stream(
             recaller.extend(row)
         made += new.shape[1]
         recent.append(new)
-        yield new.to("cpu", torch.uint8).numpy()
+        if not steer:
+            yield new.to("cpu", torch.uint8).numpy()
+        else:
+            chunk.append(new.to("cpu", torch.uint8).numpy())
+            if sum(part.shape[1] for part in chunk) >= steer.every or made == max_new_bytes:
+                drawn = np.concatenate(chunk, axis=1)
+                rows = steer.choose(drawn)
+                logits, history, recent = go_on_from(rows, logits, state, history, recent, recallers)
+                chunk = []
+                yield drawn[rows]
         if made == max_new_bytes:
             break
         if whole_patch:
@@ -120,6 +146,31 @@ def generate_stream(
         else:
             logits, state = model.decode_one(new[:, 0], state, fused)
             length += 1
+
+
+def go_on_from(rows: np.ndarray, logits: torch.Tensor, state, history: torch.Tensor, recent: list,
+               recallers: list[Recaller]):
+    """Steer's move: row i goes on from row rows[i] (whose own is itself). The state's tensors
+    (caches included, nested in tuples and lists) are copied row by row in place, where the
+    steps write them; the rest is returned re-indexed."""
+    rows = np.asarray(rows)
+    if rows.shape != (len(logits),) or (rows[rows] != rows).any():
+        raise ValueError("steering must send each row to a row that goes on from itself.")
+    moves = [(row, int(source)) for row, source in enumerate(rows) if source != row]
+
+    def copy_rows(value):
+        if isinstance(value, torch.Tensor) and value.dim():
+            for row, source in moves:
+                value[row].copy_(value[source])
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                copy_rows(item)
+
+    copy_rows(state)
+    for row, source in moves if recallers else ():
+        recallers[row] = copy.deepcopy(recallers[source])
+    index = torch.as_tensor(rows, device=logits.device)
+    return logits[index], history[index], [part[index] for part in recent]
 
 
 def recalled(recallers: list[Recaller], size: int, coins: torch.Generator) -> torch.Tensor:
@@ -137,10 +188,10 @@ def recalled(recallers: list[Recaller], size: int, coins: torch.Generator) -> to
 def generate(model, prompt: bytes, max_new_bytes: int, samples: int = 1,
              sampling: Sampling = Sampling(), seed: int = 0,
              progress: Callable[[int], None] | None = None, patch_step: Callable | None = None,
-             fused: bool = False) -> list[bytes]:
+             fused: bool = False, steer: Steer | None = None) -> list[bytes]:
     """The prompt's continuations, one `bytes` of max_new_bytes per sample."""
     parts = []
-    for part in generate_stream(model, prompt, max_new_bytes, samples, sampling, seed, patch_step, fused):
+    for part in generate_stream(model, prompt, max_new_bytes, samples, sampling, seed, patch_step, fused, steer):
         parts.append(part)
         if progress:
             progress(sum(p.shape[1] for p in parts))

@@ -20,7 +20,8 @@ from PIL import Image
 
 from adapters import Layout, audio, image
 from app import cli, service
-from model import read_config
+from model import generate, read_config
+from model.best_of import chunked_best_of
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -123,6 +124,20 @@ def test_generate_audio_writes_prompt_and_continuation(tiny_checkpoints, tmp_pat
     assert sf.info(out).format == "WAV" and rate == 8000 and len(pcm) == 4000 + 800
     prompt = audio.decode(audio.encode(audio.load(source, layout, max_seconds=0.5), layout), layout)
     assert np.array_equal(pcm[:4000], prompt)
+
+
+def test_generate_audio_is_steered_unless_told_not_to(tiny_checkpoints, tmp_path, capsys):
+    source, folder, layout = ASSETS / "audio/ambi_choir.flac", tiny_checkpoints / "audio", LAYOUTS["audio"]
+    model, _ = service.load(folder)
+    prompt = audio.encode(audio.load(source, layout, max_seconds=0.5), layout)
+    steered = b"".join(chunked_best_of(model, prompt, 800, *audio.STEERING.plan(prompt, layout, audio.DEFAULT_SAMPLING)))
+    plain = generate(model, prompt, 800, 1, audio.DEFAULT_SAMPLING)[0]
+    for flags, made, steered_said in (([], steered, True), (["--no-steer"], plain, False)):
+        out = tmp_path / f"{len(flags)}.wav"
+        cli.main(["generate", "audio", str(source), "--prompt-seconds", "0.5", "--seconds", "0.1", "--out", str(out),
+                  "--checkpoint", str(folder), *flags])
+        assert np.array_equal(sf.read(out, dtype="int16")[0][4000:], audio.decode(made, layout))
+        assert (audio.STEERING.name in capsys.readouterr().err) == steered_said
 
 
 def test_generate_audio_takes_a_prompt_as_long_as_the_context_holds(served_checkpoints, tmp_path, capsys):

@@ -1,14 +1,18 @@
 import json
+from dataclasses import replace
 import math
 import os
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.stats import chisquare
 
 from model import MegaByteConfig, Sampling, build_model, generate
-from model.best_of import best_of, badness, continuation_scores
+from model.generate import Steer, generate_stream
+from adapters import Layout, audio
+from model.best_of import best_of, badness, chunked_best_of, continuation_scores
 from model import fused_step
 from model.sampling import PerSample, ranked_cdf, rules_outside_cxx, sample
 
@@ -175,6 +179,70 @@ def test_best_of_keeps_the_candidate_the_model_rates_best():
         best_of(model, b"abcd", 4, 2, ranking="loudest")
 
 
+def odd_bytes(chunk: bytes) -> int:
+    """A cost that prefers even bytes."""
+    return sum(byte % 2 for byte in chunk)
+
+
+def test_chunked_best_of_keeps_the_cheapest_candidate_of_each_chunk_and_goes_on_from_it():
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    rated = []
+    kept = list(chunked_best_of(model, b"abcd", 50, 4, 16, lambda chunk: rated.append(chunk) or odd_bytes(chunk),
+                                Sampling(), seed=3))
+    assert [len(chunk) for chunk in kept] == [16, 16, 16, 2]  # new_bytes exactly: the last chunk is what is left
+    for index, chunk in enumerate(kept):  # 4 candidates a chunk
+        candidates = rated[4 * index : 4 * index + 4]
+        assert len(set(candidates)) == 4  # each drawn with its own noise
+        assert chunk == min(candidates, key=odd_bytes)
+    steered = b"".join(kept)
+    assert odd_bytes(steered) < min(odd_bytes(plain) for plain in generate(model, b"abcd", 50, 8, Sampling(), 3))
+
+
+@pytest.mark.parametrize("recall", [(), (2, 4)])
+def test_a_steered_row_goes_on_exactly_as_the_row_it_was_copied_from(recall):
+    """Rows steered onto row 1 after 13 bytes draw what row 1 would have drawn unsteered, where
+    they have its noise: the caches, the patch in progress and recall's place all copied."""
+    torch.manual_seed(0)
+    model = build_model(replace(TINY, recall=recall)).eval()
+    prompt = b"abcabcabcab"
+    free = generate_stream(model, prompt, 40, 2, Sampling(), 5)
+    free = np.concatenate(list(free), axis=1)
+    steer = Steer(13, lambda chunk: np.array([1, 1]))
+    steered = np.concatenate(list(generate_stream(model, prompt, 40, 2, Sampling(), 5, steer=steer)), axis=1)
+    assert (steered[:, :13] == free[1, :13]).all()
+    assert (steered[1] == free[1]).all()  # row 1 goes on as it would have
+    assert not (steered[0, 13:] == free[0, 13:]).all()
+
+
+def test_chunked_best_of_is_the_same_for_a_seed():
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    steer = lambda seed, new_bytes=40: b"".join(chunked_best_of(model, b"abcd", new_bytes, 2, 8, odd_bytes,  # noqa: E731
+                                                                 Sampling(), seed))
+    assert steer(1) == steer(1) and steer(1) != steer(2)
+    assert steer(1, 0) == b""
+    with pytest.raises(ValueError, match="at least one byte"):
+        next(chunked_best_of(model, b"abcd", 8, 2, 0, odd_bytes))
+    with pytest.raises(ValueError, match="goes on from itself"):
+        list(generate_stream(model, b"abcd", 8, 3, steer=Steer(4, lambda chunk: np.array([1, 2, 2]))))
+
+
+def test_loudness_cost_ranks_quiet_and_clicking_chunks_below_one_as_loud_as_the_prompt():
+    layout = Layout("audio", sample_rate=8000)
+    tone = lambda amplitude, n: audio.encode(amplitude * np.sin(np.arange(n) * 0.3), layout)  # noqa: E731
+    prompt = tone(0.3, 16_000)
+    cost = audio.loudness_cost(prompt, layout)
+    matching, quiet, loud = tone(0.3, 2000), tone(0.02, 2000), tone(0.95, 2000)
+    clicking = matching[:1000] + bytes([255]) + matching[1001:]
+    assert cost(matching) < 0.01 < cost(loud) < cost(quiet) < cost(clicking)
+    assert cost(clicking) > audio.FULL_SCALE_PENALTY  # a click loses to any quiet or loud candidate
+    held = bytes([200]) * 2000  # one µ-law code held: an offset, silent to the ear, whatever its RMS
+    assert cost(held) > cost(quiet) and audio.loudness(audio.decode(held, layout)) < 1e-9
+    clipped_prompt = prompt[:-1] + bytes([255])
+    assert audio.loudness_cost(clipped_prompt, layout)(clicking) < 0.01  # the prompt has clicks: no penalty
+
+
 def test_the_app_draws_by_each_modality_s_chosen_rule():
     from dataclasses import replace
 
@@ -186,6 +254,20 @@ def test_the_app_draws_by_each_modality_s_chosen_rule():
     assert service.default_sampling("text") == Sampling()
     with pytest.raises(service.UserError, match="Top_p"):
         service.default_sampling("audio", top_p=0)
+
+
+def test_the_samplers_bench_chooses_audio_s_rule_by_failures_first_then_similarity_then_flatness():
+    from bench import samplers
+
+    def prompts(similarity, flatness, clicks=0, loud=0):
+        return [{"similarity": similarity, "flatness": flatness, "rms_drift": 1.0, "click": float(i < clicks),
+                 "loudness_fail": float(i < loud)} for i in range(3)]
+
+    measured = {"melody": {samplers.TODAY_NAME: prompts(0.9, 0.2, clicks=1), "quiet": prompts(0.95, 0.1, loud=1),
+                           "steady": prompts(0.7, 0.3), "also steady": prompts(0.8, 0.3), "flat": prompts(0.8, 0.1)}}
+    assert samplers.choose("audio", measured, list(measured["melody"])) == "flat"  # no failure, then similar, then flat
+    assert samplers.choose("audio", measured, [samplers.TODAY_NAME, "quiet", "steady"]) == "steady"
+    assert samplers.choose("audio", measured, [samplers.TODAY_NAME, "quiet"]) == "quiet"  # equal failures: similarity
 
 
 @pytest.mark.slow
@@ -211,6 +293,11 @@ def test_samplers_bench_measures_every_rule_and_chooses_on_validation(tiny_check
     report = out.read_text()
     for rule in [*samplers.RULES, *samplers.best_of_names()]:
         assert report.count(f"| {rule} |") == 4  # a row in each checkpoint's table
+    for steering in samplers.STEERINGS:
+        assert report.count(f"| {steering.name} |") == 2  # audio's
     assert "**Chosen for audio:" in report and "**Chosen for image:" in report
-    samplers.main(["--quick", "--split", "test", *where])
-    assert out.read_text().count("| default |") == 4 and "test.bin" in out.read_text()
+    figure = tmp_path / "steered.png"
+    samplers.main(["--quick", "--split", "test", "--figure", str(figure), *where])
+    report = out.read_text()
+    assert report.count("| default |") == 4 and report.count(f"| {audio.STEERING.name} |") == 2
+    assert "test.bin" in report and Image.open(figure).size[0] > 500

@@ -16,6 +16,7 @@ import model.compress as mbz
 from adapters.checkpoints import catalog
 from app import service
 from model import GenerationStatus, MegaByteConfig, Sampling, build_model, save_checkpoint, stream_bytes
+from model.best_of import chunked_best_of
 
 
 def tiny():
@@ -37,6 +38,21 @@ def test_continue_bytes_checks_the_request_then_streams_as_the_model_does():
     made = service.collect(service.continue_bytes(model, b"abc", 30, 3, how, seed=2, status=status))
     assert made == service.collect(stream_bytes(service.decoder(model), b"abc", 30, 3, how, seed=2))
     assert status.path == "eager, torch's layers, sampling in torch, float32" and status.bytes_per_second > 0
+
+
+def test_steered_continuation_steers_each_sample_a_chunk_at_a_time():
+    model, layout = tiny(), adapters.Layout("audio", sample_rate=8000)
+    prompt = adapters.audio.encode(0.3 * np.sin(np.arange(400) * 0.3), layout)
+    steering = adapters.audio.Steering(candidates=4, untruncated=2, seconds=0.001)  # 8 bytes a chunk
+    how, status = Sampling(min_p=0.1), GenerationStatus()
+    parts = list(service.continue_bytes(model, prompt, 20, 2, how, 5, status, steering, layout))
+    assert [part.shape for part in parts] == [(2, 8), (2, 8), (2, 4)]  # the samples in step, a chunk at a time
+    for sample, made in enumerate(service.collect(parts)):
+        assert made == b"".join(chunked_best_of(model, prompt, 20, *steering.plan(prompt, layout, how), 5 + sample))
+    assert status.path == "eager, torch's layers, sampling in torch, float32" and status.bytes_per_second > 0
+    assert (service.rule_words(how, steering) == "min_p 0.1, steered best of 4 per 0.001 s, 2 from every byte "
+                                                 "(4 candidates drawn for each byte kept)")
+    assert service.rule_words(how, None) == "min_p 0.1"
 
 
 def test_work_past_its_budget_is_stopped_with_one_sentence(monkeypatch):
@@ -87,7 +103,7 @@ def test_the_compile_cache_is_chosen_at_start_up_not_by_the_compile_thread(monke
     assert cache_dirs[-1] == str(service.COMPILE_CACHE / "inductor")
 
 
-def test_background_work_readies_every_fused_decoder_first_then_compiles_audio_at_batch_1_and_images_at_every_bucket(
+def test_background_work_readies_every_fused_decoder_first_then_compiles_audio_at_steering_s_batch_and_images_at_every_bucket(
         tiny_checkpoints, monkeypatch):
     done = []
     monkeypatch.setattr(service, "fast_decoder_now", lambda model: done.append((model, "fused")))
@@ -96,8 +112,8 @@ def test_background_work_readies_every_fused_decoder_first_then_compiles_audio_a
     service.compile_in_background(tiny_checkpoints).join()
     audio, emoji, image, text = (service.load(tiny_checkpoints / name)[0] for name in ("audio", "emoji", "image", "text"))
     assert done == [(audio, "fused"), (emoji, "fused"), (image, "fused"),
-                    (audio, (1,)), *((model, (bucket,)) for bucket in (1, 2, 4, 8) for model in (emoji, image)),
-                    (text, "scoring"), (audio, "scoring")]
+                    (audio, (8,)), *((model, (bucket,)) for bucket in (1, 2, 4, 8) for model in (emoji, image)),
+                    (text, "scoring"), (audio, "scoring"), (audio, (1,))]
 
 
 def test_requests_take_the_fast_decoder_as_soon_as_it_is_made_before_anything_compiles():
