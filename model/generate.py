@@ -108,7 +108,8 @@ def generate_stream(
     fused_sampling = fused and not rules_outside_cxx(sampling)
     draw = fused_step.sample if fused_sampling else sample
     patch_step = patch_step or functools.partial(model.patch_step, fused=fused, fused_sampling=fused_sampling)
-    logits, state = model.prefill(history, fused)
+    # every sample continues the same prompt: prefill it once and copy its state to each
+    logits, state = repeat_rows(model.prefill(history[:1], fused), samples)
     length, made, recent, chunk = history.shape[1], 0, [], []
     while made < max_new_bytes:
         whole_patch = length % p == 0 and length + p < model.context and made + p <= max_new_bytes
@@ -146,6 +147,18 @@ def generate_stream(
         else:
             logits, state = model.decode_one(new[:, 0], state, fused)
             length += 1
+
+
+def repeat_rows(value, samples: int):
+    """`value` (tensors with a batch of one, nested in tuples, named tuples and lists) with each
+    tensor's one row repeated `samples` times; scalars as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.repeat(samples, *(1,) * (value.dim() - 1)) if value.dim() else value
+    if hasattr(value, "_fields"):
+        return type(value)(*(repeat_rows(item, samples) for item in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(repeat_rows(item, samples) for item in value)
+    return value
 
 
 def go_on_from(rows: np.ndarray, logits: torch.Tensor, state, history: torch.Tensor, recent: list,
