@@ -470,9 +470,9 @@ class Studio:
             if time.perf_counter() - last > PROGRESS_EVERY_SECONDS:  # each yield is where a Stop can end it
                 last = time.perf_counter()
                 speed = made / (last - start)
+                left = f"about {(wanted - made) / speed:.0f} s left" if made else "the first steered chunk not chosen yet"
                 status = (f"Generated {made / rate:.2f} of {wanted / rate:.2f} s in {last - start:.1f} s "
-                          f"({speed:,.0f} bytes/s, {decoding_path(how_run)}; about {(wanted - made) / speed:.0f} s left). "
-                          f"{drawn}")
+                          f"({speed:,.0f} bytes/s, {decoding_path(how_run)}; {left}). {drawn}")
                 progress(made / wanted, desc=f"Generating at {speed:,.0f} bytes/s")
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"{about}\n\n{status}"
         took = time.perf_counter() - start

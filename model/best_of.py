@@ -48,7 +48,8 @@ def chunked_best_of(model, prompt: bytes, new_bytes: int, n: int, chunk_bytes: i
     in one batch, and after every `chunk_bytes` (the last chunk may be shorter) the one `cost`
     rates lowest kept (the first among equals), all n going on from it (model.generate.Steer).
     Steering a chunk at a time corrects a drift as it starts, where one pick among whole
-    continuations can only hope one of them never drifted. `patch_step`, `fused`: as generate's."""
+    continuations can only hope one of them never drifted. While a chunk is drawn, b"" each step
+    (a place for the caller to stop). `patch_step`, `fused`: as generate's."""
 
     def choose(chunk: np.ndarray) -> np.ndarray:
         return np.full(n, min(range(n), key=lambda row: cost(chunk[row].tobytes())))

@@ -83,7 +83,8 @@ def generate_stream(
     The coin flips come from a generator of their own, so they never shift the bytes' uniforms.
 
     With `steer` (Steer), the rows go on from the ones it chooses, a chunk at a time, and each
-    chunk is yielded once chosen, each row's the chunk it goes on from.
+    chunk is yielded once chosen, each row's the chunk it goes on from; while a chunk is drawn,
+    an empty array (samples, 0) each step, so that a caller (the app's Stop) never waits a chunk.
     """
     if max_new_bytes < 0:
         raise ValueError("the number of bytes to generate cannot be negative.")
@@ -135,6 +136,8 @@ def generate_stream(
                 logits, history, recent = go_on_from(rows, logits, state, history, recent, recallers)
                 chunk = []
                 yield drawn[rows]
+            else:  # nothing chosen yet, but the caller gets a place to stop (or check a budget) each patch
+                yield np.empty((samples, 0), np.uint8)
         if made == max_new_bytes:
             break
         if whole_patch:

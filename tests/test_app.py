@@ -128,7 +128,9 @@ def test_examples_follow_the_checkpoint(tmp_path, monkeypatch):
     assert [Path(p).name for p in handlers.example_files(["emoji", "image"], "image")] == ["smile.png", "photo.png"]  # auto's
 
 
-def test_audio_continuation_plays_prompt_then_continuation(client):
+def test_audio_continuation_plays_prompt_then_continuation(client, monkeypatch):
+    # every part reported, the first ones empty while steering draws its first chunk
+    monkeypatch.setattr(handlers, "PROGRESS_EVERY_SECONDS", 0)
     wav, wave_plot, measures, curve_plot, summary = client.predict(
         handle_file(CLIP), 1.0, 0.25, 1.0, 0, 0, api_name="/continue_audio")
     audio, rate = sf.read(wav, dtype="int16")

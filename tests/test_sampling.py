@@ -188,9 +188,11 @@ def test_chunked_best_of_keeps_the_cheapest_candidate_of_each_chunk_and_goes_on_
     torch.manual_seed(0)
     model = build_model(TINY).eval()
     rated = []
-    kept = list(chunked_best_of(model, b"abcd", 50, 4, 16, lambda chunk: rated.append(chunk) or odd_bytes(chunk),
-                                Sampling(), seed=3))
+    parts = list(chunked_best_of(model, b"abcd", 50, 4, 16, lambda chunk: rated.append(chunk) or odd_bytes(chunk),
+                                 Sampling(), seed=3))
+    kept = [part for part in parts if part]
     assert [len(chunk) for chunk in kept] == [16, 16, 16, 2]  # new_bytes exactly: the last chunk is what is left
+    assert parts.count(b"") > len(kept)  # while a chunk is drawn, a place to stop every step
     for index, chunk in enumerate(kept):  # 4 candidates a chunk
         candidates = rated[4 * index : 4 * index + 4]
         assert len(set(candidates)) == 4  # each drawn with its own noise
