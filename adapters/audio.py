@@ -184,10 +184,18 @@ def spectral_flatness(samples: np.ndarray) -> float:
     return float(np.exp(np.log(power).mean()) / power.mean())
 
 
+def log_power_spectrum(samples: np.ndarray) -> np.ndarray:
+    return np.log10(average_power_spectrum(samples) + 1e-12)
+
+
 def spectral_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Correlation of the two average log-power spectra: 1 for the same timbre and pitches."""
-    log_a = np.log10(average_power_spectrum(a) + 1e-12)
-    log_b = np.log10(average_power_spectrum(b) + 1e-12)
+    return log_spectra_similarity(log_power_spectrum(a), log_power_spectrum(b))
+
+
+def log_spectra_similarity(log_a: np.ndarray, log_b: np.ndarray) -> float:
+    if log_a.std() == 0 or log_b.std() == 0:  # silence (or one code held) has no timbre to share
+        return 0.0
     return float(np.corrcoef(log_a, log_b)[0, 1])
 
 
@@ -211,17 +219,19 @@ def continuation_metrics(prompt_tail: np.ndarray, continuation: np.ndarray) -> d
 class Steering:
     """How model.best_of.chunked_best_of steers a continuation: `candidates` drawn in one batch for
     every `seconds`, the last `untruncated` of them from every byte, and the one loudness_cost
-    rates lowest kept."""
+    (with its `timbre` weight) rates lowest kept."""
 
     candidates: int
     untruncated: int
     seconds: float
+    timbre: float = 0.0
 
     @property
     def name(self) -> str:
         """In words, for summaries and tables: "steered best of 8 per 0.125 s, 4 from every byte"."""
         every_byte = f", {self.untruncated} from every byte" if self.untruncated else ""
-        return f"steered best of {self.candidates} per {self.seconds:g} s{every_byte}"
+        timbre = f", timbre weight {self.timbre:g}" if self.timbre else ""
+        return f"steered best of {self.candidates} per {self.seconds:g} s{every_byte}{timbre}"
 
     def plan(self, prompt: bytes, layout: Layout, how: Sampling) -> tuple:
         """chunked_best_of's (n, chunk_bytes, cost, sampling) for a continuation of `prompt`: each
@@ -231,7 +241,7 @@ class Steering:
         if self.untruncated:
             every_byte = Sampling(temperature=how.temperature, top_k=how.top_k)
             rules = PerSample((how,) * (self.candidates - self.untruncated) + (every_byte,) * self.untruncated)
-        return self.candidates, seconds_to_bytes(self.seconds, layout), loudness_cost(prompt, layout), rules
+        return self.candidates, seconds_to_bytes(self.seconds, layout), loudness_cost(prompt, layout, self.timbre), rules
 
 
 # Chosen on validation (bench/results/samplers_audio.md: 3 prompts of 2 s per checkpoint, each
@@ -248,18 +258,21 @@ STEERING = Steering(candidates=8, untruncated=0, seconds=0.125)
 FULL_SCALE_PENALTY = 10.0  # past any loudness mismatch a candidate shows (|log| 10 is 22,000×): a click loses
 
 
-def loudness_cost(prompt: bytes, layout: Layout) -> Callable[[bytes], float]:
+def loudness_cost(prompt: bytes, layout: Layout, timbre: float = 0.0) -> Callable[[bytes], float]:
     """A cost for model.best_of.chunked_best_of that keeps a continuation as loud as the prompt's
     last second: |log(the chunk's loudness / that second's)| (`loudness`: a held offset is
-    silence), plus FULL_SCALE_PENALTY for a full-scale sample (a click) where the prompt has none."""
+    silence), plus FULL_SCALE_PENALTY for a full-scale sample (a click) where the prompt has none,
+    plus `timbre` × (1 − the chunk's spectral similarity to that second): noise loses to notes."""
     rate = layout.sample_rate
-    heard = lambda part: loudness(decode(part, layout) / 32768) + 1e-6  # noqa: E731 -- silence: |log| ~11
-    target = heard(prompt[-rate:])
+    pcm = lambda part: decode(part, layout) / 32768  # noqa: E731
+    heard = lambda part: loudness(pcm(part)) + 1e-6  # noqa: E731 -- silence: |log| ~11
+    target, target_spectrum = heard(prompt[-rate:]), log_power_spectrum(pcm(prompt[-rate:]))
     clicks_allowed = any(code in prompt for code in FULL_SCALE)
 
     def cost(chunk: bytes) -> float:
         click = not clicks_allowed and any(code in chunk for code in FULL_SCALE)
-        return abs(math.log(heard(chunk) / target)) + FULL_SCALE_PENALTY * click
+        unlike = 1 - log_spectra_similarity(log_power_spectrum(pcm(chunk)), target_spectrum) if timbre else 0.0
+        return abs(math.log(heard(chunk) / target)) + FULL_SCALE_PENALTY * click + timbre * unlike
 
     return cost
 

@@ -63,8 +63,10 @@ RULES = {
     "min-p 0.05 + sharpen 1": Sampling(min_p=0.05, sharpen=1),
 }
 BEST_OF = 4  # candidates per best-of-N draw, today's rule; one batch serves both rankings
-# audio's steering with 0, 2 or half of its candidates drawn from every byte (the app's is one of them)
-STEERINGS = tuple(replace(audio.STEERING, untruncated=every) for every in (0, 2, audio.STEERING.candidates // 2))
+# audio's steering by loudness with 0 or 2 of its candidates drawn from every byte, and by loudness
+# and timbre (the app's is one of them; half from every byte measured no better on 2026-12-03)
+STEERINGS = (*(replace(audio.STEERING, untruncated=every, timbre=0.0) for every in (0, 2)),
+             *(replace(audio.STEERING, untruncated=0, timbre=weight) for weight in (1.0, 4.0)))
 # checkpoint: (medium, data folder, validation split, test split)
 BENCHES = {"melody": ("audio", "melody", "val", "test"), "audio": ("audio", "audio", "val_music", "val_music"),
            "emoji": ("image", "emoji", "val", "test"), "image": ("image", "image", "val", "val")}
@@ -332,8 +334,8 @@ def main(argv=None):
         lines += [f"- {steering.name} (audio): {steering.candidates} candidates in one batch for every "
                   f"{steering.seconds:g} s, {steering.candidates - steering.untruncated} by the default rule "
                   f"({defaults['audio'].describe()}) and {steering.untruncated} from every byte; the one nearest the "
-                  "prompt's last second in loudness kept, and one with a click the prompt lacks only where all have "
-                  "one (adapters.audio.loudness_cost)" + ("; the app's default" if steering == audio.STEERING else "")
+                  "prompt's last second in loudness" + (f" and, weighted {steering.timbre:g}, in spectrum" if steering.timbre else "")
+                  + " kept, and one with a click the prompt lacks only where all have one (adapters.audio.loudness_cost)" + ("; the app's default" if steering == audio.STEERING else "")
                   for steering in STEERINGS]
     for medium, per_checkpoint in measured.items():
         for name, results in per_checkpoint.items():

@@ -243,6 +243,12 @@ def test_loudness_cost_ranks_quiet_and_clicking_chunks_below_one_as_loud_as_the_
     assert cost(held) > cost(quiet) and audio.loudness(audio.decode(held, layout)) < 1e-9
     clipped_prompt = prompt[:-1] + bytes([255])
     assert audio.loudness_cost(clipped_prompt, layout)(clicking) < 0.01  # the prompt has clicks: no penalty
+    noise = np.random.default_rng(0).standard_normal(2000)
+    noise = audio.encode(noise * audio.loudness(audio.decode(matching, layout) / 32768) / noise.std(), layout)
+    by_timbre = audio.loudness_cost(prompt, layout, timbre=1.0)
+    assert abs(cost(noise) - cost(matching)) < 0.1  # as loud: loudness alone hardly tells them apart
+    assert by_timbre(noise) > by_timbre(matching) + 0.5  # the prompt's tone is not noise
+    assert by_timbre(held) < math.inf and by_timbre(matching) < 0.01  # a held code has no timbre, and no NaN
 
 
 def test_the_app_draws_by_each_modality_s_chosen_rule():
