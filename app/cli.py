@@ -449,7 +449,7 @@ def build_parser() -> Parser:
     audio.add_argument("--out", type=Path, default=Path("continuation.wav"),
                        help="WAV to write (default: continuation.wav)")
     audio.add_argument("--steer", action=argparse.BooleanOptionalAction, default=True,
-                       help=f"steer loudness: {service.STEER_INFO} (default: on; --no-steer draws once, faster)")
+                       help=f"{service.STEER_LABEL.lower()}: {service.STEER_INFO} (default: on; --no-steer draws once, faster)")
     audio.set_defaults(run=generate_audio)
     add_coding_commands(commands, checkpoint)
     return parser

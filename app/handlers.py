@@ -444,7 +444,7 @@ class Studio:
             prompt_seconds = self.prompt_range(checkpoint).check(prompt_seconds)
             new_seconds = limits.CONTINUE_SECONDS.check(new_seconds)
             how, seed = sampling_settings(temperature, top_k, seed, "audio")
-            steer = limits.switch("Steer loudness", steer)
+            steer = limits.switch(service.STEER_LABEL, steer)
             path = required(audio, "a clip")
             read = self.generating(path, "audio", checkpoint, lambda name: prompt_seconds in self.prompt_range(name),
                                    "continued", max_audio_seconds=prompt_seconds)

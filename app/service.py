@@ -252,8 +252,10 @@ def continue_bytes(model, prompt: bytes, new_bytes: int, samples: int, how: Samp
 
 
 # What audio's steering does, as the view and the command line say it.
+STEER_LABEL = "Steer loudness" + (" and timbre" if adapters.audio.STEERING.timbre else "")
 STEER_INFO = (f"draw {adapters.audio.STEERING.candidates} candidates for every {adapters.audio.STEERING.seconds:g} s "
-              "and keep the one nearest the prompt's loudness, without a click the prompt lacks")
+              "and keep the one nearest the prompt's loudness" + (" and timbre" if adapters.audio.STEERING.timbre else "")
+              + ", without a click the prompt lacks")
 
 
 def steered_bytes(decoder: Decoder, prompt: bytes, new_bytes: int, samples: int, how: Sampling, seed: int,

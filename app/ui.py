@@ -191,7 +191,7 @@ def audio_tab(studio: Studio):
                 label=f"Seconds to continue (at most {limits.MAX_CONTINUE_SECONDS:g})"))
             estimate = gr.Markdown(studio.estimate(1, AUTO), label="How long it will take", elem_id="audio-estimate")
             temperature, top_k, seed = sampling_controls()
-            steer = gr.Checkbox(True, label="Steer loudness", info=f"{service.STEER_INFO}; off: one draw", elem_id="steer")
+            steer = gr.Checkbox(True, label=service.STEER_LABEL, info=f"{service.STEER_INFO}; off: one draw", elem_id="steer")
             go, stop = run_buttons("Continue")
         with gr.Column():
             result = gr.Audio(label="Prompt + continuation", type="numpy", format="wav",

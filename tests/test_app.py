@@ -141,7 +141,7 @@ def test_audio_continuation_plays_prompt_then_continuation(client, monkeypatch):
     for measure in ("Spectral flatness", "Similarity to the prompt's last second", "Loudness drift"):
         assert measure in measures
     # steered by default (adapters.audio.steering), and the summary says so; off, one draw
-    assert "Drawn by min_p 0.1, steered best of 8 per 0.125 s (8 candidates drawn for each byte kept)." in summary
+    assert "Drawn by min_p 0.1, steered best of 8 per 0.125 s, timbre weight 4 (8 candidates drawn for each byte kept)." in summary
     *_, summary = client.predict(handle_file(CLIP), 1.0, 0.25, 1.0, 0, 0, "auto", False, api_name="/continue_audio")
     assert "Drawn by min_p 0.1." in summary
 
@@ -480,7 +480,7 @@ def bad_requests(files):
         ("/continue_audio", [clip, 9, 1, 1.0, 0, 0, "audio_long"], "Prompt seconds: at most 8."),  # its context
         ("/continue_audio", [clip, 1.0, 0.25, 1.0, 999, 0], "Top-k: at most 256."),
         ("/continue_audio", [clip, 1.0, 0.25, "hot", 0, 0], "Temperature: a number from 0 to 2, not 'hot'."),
-        ("/continue_audio", [clip, 1.0, 0.25, 1.0, 0, 0, "auto", "yes"], "Steer loudness: true or false, not 'yes'."),
+        ("/continue_audio", [clip, 1.0, 0.25, 1.0, 0, 0, "auto", "yes"], f"{service.STEER_LABEL}: true or false, not 'yes'."),
         ("/explore", [None, None, "auto"], "Type some text or upload a file to score."),
         ("/explore", ["x" * (handlers.MAX_SCORE_BYTES + 1), None, "auto"], "the explorer scores at most 1,000,000 bytes"),
         ("/explore", [None, handle_file(files / "empty.png"), "text"], "The file is empty."),
