@@ -266,15 +266,16 @@ def loudness_cost(prompt: bytes, layout: Layout, timbre: float = 0.0) -> Callabl
     silence), plus FULL_SCALE_PENALTY for a full-scale sample (a click) where the prompt has none,
     plus `timbre` × (1 − the chunk's spectral similarity to that second): noise loses to notes."""
     rate = layout.sample_rate
-    pcm = lambda part: decode(part, layout) / 32768  # noqa: E731
-    heard = lambda part: loudness(pcm(part)) + 1e-6  # noqa: E731 -- silence: |log| ~11
-    target, target_spectrum = heard(prompt[-rate:]), log_power_spectrum(pcm(prompt[-rate:]))
+    heard = lambda samples: loudness(samples) + 1e-6  # noqa: E731 -- silence: |log| ~11
+    last_second = decode(prompt[-rate:], layout) / 32768
+    target, target_spectrum = heard(last_second), log_power_spectrum(last_second)
     clicks_allowed = any(code in prompt for code in FULL_SCALE)
 
     def cost(chunk: bytes) -> float:
+        samples = decode(chunk, layout) / 32768
         click = not clicks_allowed and any(code in chunk for code in FULL_SCALE)
-        unlike = 1 - log_spectra_similarity(log_power_spectrum(pcm(chunk)), target_spectrum) if timbre else 0.0
-        return abs(math.log(heard(chunk) / target)) + FULL_SCALE_PENALTY * click + timbre * unlike
+        unlike = 1 - log_spectra_similarity(log_power_spectrum(samples), target_spectrum) if timbre else 0.0
+        return abs(math.log(heard(samples) / target)) + FULL_SCALE_PENALTY * click + timbre * unlike
 
     return cost
 
